@@ -1,0 +1,117 @@
+"""Image decoding and batching shared by both tracks.
+
+Images are decoded straight to uint8 (OpenCV) and stay uint8 until they reach the device, where
+``datasets.transforms`` resizes, augments and normalises whole batches. A training sample whose file cannot be decoded
+comes back as ``None`` and is dropped by :func:`collate_uint8`, which counts it; evaluation raises instead, because a
+submission must not silently lose rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class ImageDecodeError(UserError):
+    """An image file that is empty, truncated or not an image."""
+
+
+def decode_image(path: str) -> torch.Tensor:
+    """Read an image file as a (3, H, W) uint8 RGB tensor; raise :class:`ImageDecodeError` naming the file."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageDecodeError(f"cannot read image {path}: {err.strerror or err}") from None
+    if data.size == 0:
+        raise ImageDecodeError(f"image {path} is empty (0 bytes)")
+    # libjpeg fills a truncated JPEG with grey and only warns; the end-of-image marker tells the file is complete.
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
+        raise ImageDecodeError(f"image {path} is a truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageDecodeError(f"image {path} could not be decoded (not an image?)")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def list_image_folder(folder: str) -> list[str]:
+    """Sorted names of the image files directly inside ``folder`` (one directory listing)."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+
+
+def collate_uint8(batch):
+    """Stack samples ``(image, *fields)``; drop samples whose image is ``None`` (undecodable, training only).
+
+    Returns ``(images uint8 (B,3,H,W), *stacked fields, n_dropped)``. Images of another size than the batch's first are
+    resized to it (the released frames share one size, but nothing guarantees it).
+    """
+    kept = [sample for sample in batch if sample[0] is not None]
+    n_dropped = len(batch) - len(kept)
+    if not kept:
+        return None, n_dropped
+    height, width = kept[0][0].shape[-2:]
+    images = []
+    for sample in kept:
+        image = sample[0]
+        if image.shape[-2:] != (height, width):
+            image = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", antialias=True,
+                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        images.append(image)
+    fields = [torch.stack([torch.as_tensor(sample[i]) for sample in kept]) for i in range(1, len(kept[0]))]
+    return (torch.stack(images), *fields, n_dropped)
+
+
+def read_image_list(path: str, what: str = "test list") -> np.ndarray:
+    """Image paths of a list file: a header, then one path per line (fields after the first comma are ignored)."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            rows = handle.read().splitlines()[1:]
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    images = [row.split(",", 1)[0].strip() for row in rows]
+    images = [image for image in images if image]
+    if not images:
+        raise UserError(f"{what} {path} names no image")
+    return np.array(images, dtype=object)
+
+
+class ImageListDataset(Dataset):
+    """Images given by paths relative to a root, returned as ``(image, index)``; used for test lists.
+
+    Evaluation data: an undecodable image is an error naming the file.
+    """
+
+    def __init__(self, root: str, images):
+        self.root = root
+        self.images = list(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return decode_image(os.path.join(self.root, self.images[index])), index
+
+
+class TolerantDecoder:
+    """Decode training images, turning undecodable files into ``None`` so that the batch goes on without them."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad = skip_bad
+
+    def __call__(self, path: str):
+        if not self.skip_bad:
+            return decode_image(path)
+        try:
+            return decode_image(path)
+        except ImageDecodeError:
+            return None
