@@ -52,13 +52,14 @@ def list_image_folder(folder: str) -> list[str]:
 def collate_uint8(batch):
     """Stack samples ``(image, *fields)``; drop samples whose image is ``None`` (undecodable, training only).
 
-    Returns ``(images uint8 (B,3,H,W), *stacked fields, n_dropped)``. Images of another size than the batch's first are
-    resized to it (the released frames share one size, but nothing guarantees it).
+    Returns ``(images uint8 (B,3,H,W), *stacked fields, dropped)`` where ``dropped`` lists the last field (the row
+    index) of each dropped sample. Images of another size than the batch's first are resized to it (the released
+    frames share one size, but nothing guarantees it). A batch with no decodable image gives ``(None, dropped)``.
     """
     kept = [sample for sample in batch if sample[0] is not None]
-    n_dropped = len(batch) - len(kept)
+    dropped = [int(sample[-1]) for sample in batch if sample[0] is None]
     if not kept:
-        return None, n_dropped
+        return None, dropped
     height, width = kept[0][0].shape[-2:]
     images = []
     for sample in kept:
@@ -68,7 +69,7 @@ def collate_uint8(batch):
                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         images.append(image)
     fields = [torch.stack([torch.as_tensor(sample[i]) for sample in kept]) for i in range(1, len(kept[0]))]
-    return (torch.stack(images), *fields, n_dropped)
+    return (torch.stack(images), *fields, dropped)
 
 
 def read_image_list(path: str, what: str = "test list") -> np.ndarray:
@@ -88,18 +89,19 @@ def read_image_list(path: str, what: str = "test list") -> np.ndarray:
 class ImageListDataset(Dataset):
     """Images given by paths relative to a root, returned as ``(image, index)``; used for test lists.
 
-    Evaluation data: an undecodable image is an error naming the file.
+    Evaluation data: an undecodable image is an error naming the file, unless ``skip_bad`` (``--allow-missing``).
     """
 
-    def __init__(self, root: str, images):
+    def __init__(self, root: str, images, skip_bad: bool = False):
         self.root = root
         self.images = list(images)
+        self.decode = TolerantDecoder(skip_bad)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return decode_image(os.path.join(self.root, self.images[index])), index
+        return self.decode(os.path.join(self.root, self.images[index])), index
 
 
 class TolerantDecoder:

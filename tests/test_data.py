@@ -82,7 +82,7 @@ def test_dataset_returns_uint8_image_target_and_index(mtl_dir):
     np.testing.assert_allclose(target.numpy(), annotations.targets[3])
     images, targets, indices, dropped = collate_uint8([dataset[i] for i in range(4)])
     assert images.shape == (4, 3, 16, 16) and targets.shape == (4, 15) and indices.tolist() == [0, 1, 2, 3]
-    assert dropped == 0
+    assert dropped == []
 
 
 @pytest.mark.parametrize("row, line, reason", [
@@ -175,7 +175,7 @@ def test_undecodable_images_raise_naming_the_file_and_are_dropped_in_training(tm
     with pytest.raises(ImageDecodeError, match="text.jpg"):
         dataset[1]
     images, indices, dropped = collate_uint8([(decode_image(str(good)), 0), (None, 1), (None, 2)])
-    assert images.shape[0] == 1 and indices.tolist() == [0] and dropped == 2
+    assert images.shape[0] == 1 and indices.tolist() == [0] and dropped == [1, 2]
 
 
 def test_eval_transform_matches_torchvision_resize_and_normalise():

@@ -1,0 +1,33 @@
+"""What ``main_mtl.py`` and ``main_lsd.py`` run: parse flags, dispatch, and turn user errors into one line."""
+
+from __future__ import annotations
+
+import sys
+
+from utils.cli import build_parser, parse_args
+from utils.errors import UserError
+
+
+def main(track: str, description: str, argv=None) -> None:
+    args = parse_args(track, description, argv)
+    try:
+        if args.demo:
+            from engine import demo
+
+            demo.configure(args, build_parser(track, description))
+        from engine.runner import evaluate_only, train
+
+        if args.eval:
+            evaluate_only(args)
+        else:
+            train(args)
+        if args.demo:
+            demo.report(args)
+    except UserError as error:
+        # Exceptions raised in DataLoader workers come back with the worker's traceback in their text: keep the
+        # last line, which is the message itself.
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        message = message[len(prefix):] if message.startswith(prefix) else message
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)

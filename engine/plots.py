@@ -1,0 +1,79 @@
+"""Pictures of a validation run: confusion matrices, per-AU F1 bars, predicted-vs-true VA densities."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils import metrics  # noqa: E402
+
+
+def close(figure) -> None:
+    plt.close(figure)
+
+
+def confusion_figure(confusion: np.ndarray, names, title: str):
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rows = confusion.sum(1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.75 * len(names), 0.8 + 0.7 * len(names)))
+    image = axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            axis.text(j, i, f"{int(confusion[i, j])}", ha="center", va="center", fontsize=8,
+                      color="white" if share[i, j] > 0.5 else "black")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class")
+    return figure
+
+
+def au_f1_figure(f1_per_au, thresholds):
+    figure, axis = plt.subplots(figsize=(8, 3.2))
+    axis.bar(metrics.AU_NAMES, f1_per_au, color="tab:orange")
+    for i, (value, threshold) in enumerate(zip(f1_per_au, thresholds)):
+        axis.text(i, value + 0.01, f"{value:.2f}\nt={threshold:.2f}", ha="center", va="bottom", fontsize=7)
+    axis.set_ylim(0, 1.15)
+    axis.set_ylabel("F1")
+    axis.set_title(f"per-AU F1 (mean {np.mean(f1_per_au):.3f})")
+    return figure
+
+
+def va_density_figure(va_pred, va_true):
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+    for axis, index, name in zip(axes, (0, 1), ("valence", "arousal")):
+        known = va_true[:, index] != metrics.VA_MISSING
+        x, y = va_true[known, index], va_pred[known, index]
+        axis.hist2d(x, y, bins=40, range=[[-1, 1], [-1, 1]], cmap="viridis", cmin=1)
+        axis.plot([-1, 1], [-1, 1], color="white", linewidth=0.8, linestyle="--")
+        axis.set_xlabel(f"true {name}")
+        axis.set_ylabel(f"predicted {name}")
+        axis.set_title(f"{name}: CCC {metrics.ccc(y, x):.3f}" if known.any() else name)
+    figure.tight_layout()
+    return figure
+
+
+def mtl_figures(task, outputs) -> dict:
+    labels = task.val_annotations.targets
+    va, expr, aus = task.decode(outputs)
+    known = labels[:, 2] >= 0
+    scores = metrics.mtl_metrics(va, expr, aus, labels)
+    return {
+        "expr_confusion": confusion_figure(metrics.confusion_matrix(expr[known], labels[known, 2].astype(int), 8),
+                                           metrics.EXPR_NAMES, f"expression (macro F1 {scores['f1_expr']:.3f})"),
+        "au_f1": au_f1_figure(scores["f1_per_au"], task.au_thresholds),
+        "va_density": va_density_figure(va, labels[:, :2]),
+    }
+
+
+def lsd_figures(task, outputs) -> dict:
+    scores = metrics.lsd_metrics(outputs.argmax(1), task.val_folders.labels)
+    return {"lsd_confusion": confusion_figure(scores["confusion"], metrics.LSD_CLASSES,
+                                              f"LSD validation (macro F1 {scores['f1']:.3f})")}

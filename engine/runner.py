@@ -1,0 +1,346 @@
+"""The run driver shared by ``main_mtl.py`` and ``main_lsd.py``: training with resume, and evaluation-only runs.
+
+Everything a run leaves goes to ``--output-dir`` (README, "The output directory"); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datasets.images import collate_uint8
+from engine.evaluate import eval_loader, predict
+from engine.report import write_evaluation
+from engine.tasks import make_task
+from engine.train import LoopConfig, TrainState, train_one_epoch
+from utils import dist
+from utils.checkpoint import capture_rng, load_checkpoint, restore_rng, save_atomic
+from utils.errors import UserError
+from utils.monitor import RunMonitor, log, warn, write_json
+from utils.optim import WarmupCosine, build_optimizer, scaled_lr
+
+
+class SkipFirst(torch.utils.data.Sampler):
+    """Wrap a sampler and drop the first ``skip`` indices of each epoch's order (a mid-epoch resume)."""
+
+    def __init__(self, sampler, skip: int = 0):
+        self.sampler, self.skip = sampler, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        iterator = iter(self.sampler)
+        for _ in range(self.skip):
+            next(iterator, None)
+        yield from iterator
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. auto: bf16 where the device computes it natively, else fp32."""
+    if choice == "fp32":
+        return None
+    if choice == "fp16":
+        return torch.float16
+    if choice == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def make_autocast(device: torch.device, dtype: torch.dtype | None):
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    return autocast
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model):
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def build_model(task, config: dict):
+    from models import build_model as build
+
+    return build(config)
+
+
+def checkpoint_dir(args) -> str:
+    return os.path.join(args.output_dir, "checkpoints")
+
+
+def prepare_output_dir(args) -> None:
+    if dist.is_main():
+        try:
+            os.makedirs(checkpoint_dir(args), exist_ok=True)
+            probe = os.path.join(args.output_dir, ".write-test")
+            with open(probe, "w") as handle:
+                handle.write("ok")
+            os.remove(probe)
+        except OSError as err:
+            raise UserError(f"cannot write to --output-dir {args.output_dir}: {err.strerror or err}") from None
+    dist.barrier()
+
+
+def plain_args(args) -> dict:
+    return {key: value for key, value in vars(args).items() if isinstance(value, (str, int, float, bool, list,
+                                                                                    type(None)))}
+
+
+class StopOnSignal:
+    """SIGTERM/SIGINT ask the training loop to stop at the next update; a second signal stops at once."""
+
+    def __init__(self, state: TrainState):
+        self.state = state
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.state.stop_requested:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.state.stop_requested = True
+        self.signum = signum
+        log(f"\n{signal.Signals(signum).name} received: saving last.pth at the next update, then exiting "
+            f"(send it again to stop at once)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(args) -> None:
+    device = dist.setup(args.device)
+    task = make_task(args)
+    prepare_output_dir(args)
+    seed_everything(args.seed + dist.rank())
+    dtype = resolve_precision(args.precision, device)
+    autocast = make_autocast(device, dtype)
+
+    train_set, train_names = task.train_split()
+    val_set = task.val_split()
+    log(f"training frames: {len(train_set)}, validation frames: {len(val_set)}")
+
+    resume_path = _resume_path(args)
+    checkpoint = load_checkpoint(resume_path) if resume_path else None
+    config = checkpoint["model_config"] if checkpoint else task.model_config()
+    model = build_model(task, config)
+    if checkpoint:
+        unwrap(model).load_state_dict(checkpoint["model"])
+    else:
+        task.load_pretrained(model)
+    model.to(device)
+
+    param_groups = task.param_groups(model)
+    scale = args.track == "mtl" or args.scale_lr  # the reference LSD recipe used blr itself as the lr
+    lr = args.lr if args.lr is not None else (
+        scaled_lr(args.blr, args.batch_size, args.accum_iter, dist.world_size()) if scale else args.blr)
+    rule = "scaled" if scale else "unscaled, as the reference LSD recipe"
+    log(f"lr = {lr:.3e} (blr {args.blr:g}, batch {args.batch_size} x accum {args.accum_iter} x world "
+        f"{dist.world_size()}, {rule}); precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}; "
+        f"device {device}")
+    optimizer = build_optimizer(param_groups, lr, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    schedule = WarmupCosine(lr, args.min_lr, args.warmup_epochs, args.epochs)
+
+    state = TrainState()
+    best = {}
+    if checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        for key, value in checkpoint["train_state"].items():
+            setattr(state, key, value)
+        best = dict(checkpoint.get("best", {}))
+        rng_states = checkpoint.get("rng", [])
+        if len(rng_states) == dist.world_size():
+            restore_rng(rng_states[dist.rank()])
+        else:
+            warn(f"checkpoint has RNG states of {len(rng_states)} processes, this run has {dist.world_size()}: "
+                 f"the continuation is not bit-exact")
+            seed_everything(args.seed + dist.rank() + 1000 * state.epoch)
+        log(f"resumed from {resume_path}: epoch {state.epoch}, batch {state.batch_in_epoch}, update {state.step}")
+
+    if args.compile:
+        model = torch.compile(model)
+    if dist.is_distributed():
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        broadcast_buffers=False)
+
+    sampler = SkipFirst(DistributedSampler(train_set, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+                                           seed=args.seed, drop_last=True))
+    loader_generator = torch.Generator().manual_seed(args.seed + dist.rank())
+    loader_kwargs = dict(batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_uint8,
+                         pin_memory=device.type == "cuda", drop_last=True, generator=loader_generator)
+    if args.num_workers > 0:
+        loader_kwargs.update(persistent_workers=False, prefetch_factor=4)
+    train_loader = DataLoader(train_set, sampler=sampler, **loader_kwargs)
+    val_loader = eval_loader(val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device)
+    if len(train_loader) == 0 and state.batch_in_epoch == 0:
+        raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "
+                        f"{args.batch_size} x {dist.world_size()} processes; lower --batch-size")
+
+    train_transform, val_transform = task.train_transform(), task.eval_transform()
+    loop = LoopConfig(accum_iter=args.accum_iter, clip_grad=args.clip_grad, log_interval=args.log_interval,
+                      max_bad_fraction=args.max_bad_images, max_steps=args.max_steps)
+    monitor = RunMonitor(args.output_dir)
+    write_json(os.path.join(args.output_dir, "args.json"), dict(plain_args(args), lr=lr, world_size=dist.world_size(),
+                                                                 model_config=config))
+
+    def save(name: str, metrics=None) -> None:
+        rng = _gather_rng()
+        if not dist.is_main():
+            return
+        save_atomic({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "epoch": state.epoch,
+                     "step": state.step, "train_state": state.to_dict(), "args": plain_args(args),
+                     "model_config": config, "metrics": metrics or {}, "best": best, "rng": rng,
+                     "au_thresholds": getattr(task, "au_thresholds", None)},
+                    os.path.join(checkpoint_dir(args), name))
+
+    with StopOnSignal(state) as stopper:
+        while state.epoch < args.epochs:
+            sampler.skip = state.batch_in_epoch * args.batch_size
+            sampler.set_epoch(state.epoch)
+            stats = train_one_epoch(task, model, train_loader, train_transform, optimizer, scaler, schedule,
+                                    autocast, device, state, loop, monitor=monitor, image_names=train_names)
+            if state.stop_requested:
+                save("last.pth")
+                log(f"stopped in epoch {state.epoch} after {state.batch_in_epoch} batches; saved "
+                    f"{os.path.join(checkpoint_dir(args), 'last.pth')}; continue with --resume auto")
+                monitor.close()
+                dist.cleanup()
+                sys.exit(128 + getattr(stopper, "signum", signal.SIGTERM))
+            outputs, _ = predict(task, model, val_loader, val_transform, autocast, device, desc="validate")
+            record = {"epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"], "step": state.step,
+                      "train": stats["losses"], "images_per_s": stats["images_per_s"], "seconds": stats["seconds"],
+                      "skipped_updates": state.skipped_updates, "bad_images": state.bad_images}
+            improved = []
+            if dist.is_main():
+                val = task.val_metrics(outputs)
+                record["val"] = {k: v for k, v in val.items() if not isinstance(v, (list, dict))}
+                for short, key in task.best_metrics.items():
+                    if key in val and val[key] > best.get(short, -float("inf")):
+                        best[short] = val[key]
+                        improved.append(short)
+                monitor.scalars("val", record["val"], state.epoch + 1)
+                monitor.scalars("train_epoch", stats["losses"], state.epoch + 1)
+                monitor.epoch_record(record)
+                summary = ", ".join(f"{k} {v:.4f}" for k, v in record["val"].items() if isinstance(v, float))
+                log(f"epoch {state.epoch}: loss {stats['losses'].get('loss', float('nan')):.4f}, "
+                    f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s; val {summary}")
+            improved = dist.broadcast_object(improved)
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            save("last.pth", record.get("val"))
+            for short in improved:
+                save(f"best_{short}.pth", record.get("val"))
+    monitor.close()
+
+    # The files a user hands in come from the best checkpoint of the main metric, exactly as --eval would make them.
+    main_metric = next(iter(task.best_metrics))
+    best_path = os.path.join(checkpoint_dir(args), f"best_{main_metric}.pth")
+    dist.barrier()
+    final = load_checkpoint(best_path if os.path.isfile(best_path) else os.path.join(checkpoint_dir(args),
+                                                                                       "last.pth"))
+    unwrap(model).load_state_dict(final["model"])
+    log(f"writing predictions with {os.path.basename(best_path)} (epoch {final['epoch'] - 1})")
+    write_evaluation(task, unwrap(model), args, device, autocast, val_loader=val_loader)
+    dist.cleanup()
+
+
+def _resume_path(args) -> str | None:
+    if args.resume == "none":
+        return None
+    if args.resume == "auto":
+        path = os.path.join(checkpoint_dir(args), "last.pth")
+        return path if os.path.isfile(path) else None
+    return args.resume
+
+
+def _gather_rng() -> list:
+    state = capture_rng()
+    if not dist.is_distributed():
+        return [state]
+    gathered = [None] * dist.world_size()
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
+
+
+def evaluate_only(args) -> None:
+    """``--eval``: a checkpoint (this project's or the authors' released files) to metrics and submission files."""
+    device = dist.setup(args.device)
+    task = make_task(args)
+    prepare_output_dir(args)
+    seed_everything(args.seed)
+    dtype = resolve_precision(args.precision, device)
+    path = args.ckpt or _default_eval_checkpoint(args, task)
+    model = load_for_eval(task, path, args)
+    model.to(device)
+    log(f"evaluating {path} on {device}, precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
+    write_evaluation(task, model, args, device, make_autocast(device, dtype), checkpoint_path=path)
+    dist.cleanup()
+
+
+def _default_eval_checkpoint(args, task) -> str:
+    main_metric = next(iter(task.best_metrics))
+    for name in (f"best_{main_metric}.pth", "last.pth"):
+        path = os.path.join(checkpoint_dir(args), name)
+        if os.path.isfile(path):
+            return path
+    raise UserError(f"no --ckpt given and no checkpoint in {checkpoint_dir(args)}; pass --ckpt PATH")
+
+
+def load_for_eval(task, path: str, args):
+    """Rebuild the model from a checkpoint: this project's carry their model config; released files use the flags."""
+    from models import build_model as build
+    from models.cotex import load_cotex_checkpoint
+    from models.emma import load_emma_checkpoint
+    from models.weights import load_exactly
+
+    checkpoint = load_checkpoint(path)
+    if "model_config" in checkpoint:
+        config = checkpoint["model_config"]
+        if config.get("name") != ("emma" if args.track == "mtl" else "cotex"):
+            raise UserError(f"{path} holds a {config.get('name')} model, not one for this entry point")
+        model = build(config)
+        load_exactly(model, checkpoint["model"], path, f"{config['name']} ({config.get('vit_size')})")
+        if args.track == "mtl" and checkpoint.get("au_thresholds"):
+            task.au_thresholds = list(checkpoint["au_thresholds"])
+        return model
+    config = task.model_config()
+    if args.track == "lsd" and "state_dicts" in checkpoint:
+        config["vit_num"] = len(checkpoint["state_dicts"])
+    model = build(config)
+    loader = load_emma_checkpoint if args.track == "mtl" else load_cotex_checkpoint
+    loader(model, checkpoint, log=log)
+    return model

@@ -1,0 +1,89 @@
+"""Challenge submission files (ABAW4.md), written atomically and checked after writing.
+
+MTL: header ``image,valence,arousal,expression,aus``, then ``<image>,<V>,<A>,<expr 0..7>,<12 AUs as 0/1>`` per listed
+image in list order (16 fields under a 5-field header), VA clipped to [-1, 1].
+LSD: header ``image,expression``, then ``<name>,<class 0..5>`` per listed image in list order.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from datasets import lsd, mtl
+from utils.errors import UserError
+
+
+def _write_atomic(path: str, lines: list[str]) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", newline="\n") as out:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def write_mtl_predictions(path: str, images, va: np.ndarray, expr: np.ndarray, aus: np.ndarray) -> None:
+    """Write an MTL prediction file and check it (header, one row per image in order, 16 fields, value ranges)."""
+    images = [str(image) for image in images]
+    va = np.clip(np.asarray(va, dtype=np.float64), -1.0, 1.0)
+    expr = np.asarray(expr).astype(np.int64)
+    aus = np.asarray(aus).astype(np.int64)
+    if not (len(images) == len(va) == len(expr) == len(aus)):
+        raise ValueError("images and predictions differ in length")
+    if np.isnan(va).any():
+        raise ValueError("valence/arousal predictions contain NaN")
+    lines = [mtl.SUBMISSION_HEADER]
+    for image, (v, a), e, au in zip(images, va, expr, aus):
+        lines.append(f"{image},{v:.6f},{a:.6f},{e}," + ",".join(str(x) for x in au))
+    _write_atomic(path, lines)
+    check_mtl_file(path, images)
+
+
+def check_mtl_file(path: str, images) -> None:
+    """Re-read an MTL prediction file and verify it against the list it was made for."""
+    with open(path) as handle:
+        rows = handle.read().splitlines()
+    if not rows or rows[0] != mtl.SUBMISSION_HEADER:
+        raise RuntimeError(f"{path}: wrong header {rows[:1]}")
+    if len(rows) - 1 != len(images):
+        raise RuntimeError(f"{path}: {len(rows) - 1} rows for {len(images)} listed images")
+    for number, (row, image) in enumerate(zip(rows[1:], images), start=2):
+        fields = row.split(",")
+        # An image path may itself contain commas only in theory; the released names never do.
+        if len(fields) != 16 or fields[0] != image:
+            raise RuntimeError(f"{path}, line {number}: expected 16 fields starting with {image!r}, got {row!r}")
+        v, a = float(fields[1]), float(fields[2])
+        if not (-1.0 <= v <= 1.0 and -1.0 <= a <= 1.0):
+            raise RuntimeError(f"{path}, line {number}: VA out of [-1, 1]")
+        if fields[3] not in {str(i) for i in range(8)} or any(x not in ("0", "1") for x in fields[4:]):
+            raise RuntimeError(f"{path}, line {number}: expression or AU field out of range")
+
+
+def write_lsd_predictions(path: str, images, classes: np.ndarray) -> None:
+    """Write an LSD prediction file and check it."""
+    images = [str(image) for image in images]
+    classes = np.asarray(classes).astype(np.int64)
+    if len(images) != len(classes):
+        raise ValueError("images and predictions differ in length")
+    lines = [lsd.SUBMISSION_HEADER] + [f"{image},{c}" for image, c in zip(images, classes)]
+    _write_atomic(path, lines)
+    check_lsd_file(path, images)
+
+
+def check_lsd_file(path: str, images) -> None:
+    with open(path) as handle:
+        rows = handle.read().splitlines()
+    if not rows or rows[0] != lsd.SUBMISSION_HEADER:
+        raise RuntimeError(f"{path}: wrong header {rows[:1]}")
+    if len(rows) - 1 != len(images):
+        raise RuntimeError(f"{path}: {len(rows) - 1} rows for {len(images)} listed images")
+    valid = {str(i) for i in range(lsd.NUM_CLASSES)}
+    for number, (row, image) in enumerate(zip(rows[1:], images), start=2):
+        name, _, label = row.rpartition(",")
+        if name != image or label not in valid:
+            raise RuntimeError(f"{path}, line {number}: expected '{image},<0..5>', got {row!r}")
