@@ -111,7 +111,8 @@ class MTLTask:
 
     # ---- metrics and files
     def decode(self, outputs: np.ndarray, thresholds=None):
-        va = np.clip(outputs[:, :2], -1.0, 1.0)
+        # Rounded as written to the prediction files, so that the reported metrics are those of the files.
+        va = np.round(np.clip(outputs[:, :2].astype(np.float64), -1.0, 1.0), 6)
         expr = outputs[:, 2:10].argmax(1)
         probs = 1.0 / (1.0 + np.exp(-outputs[:, 10:22].astype(np.float64)))
         aus = metrics.au_decisions(probs, self.au_thresholds if thresholds is None else thresholds)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny synthetic data sets made once per test session, and helpers to run the entry points."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from datasets import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A configuration that trains in seconds on one CPU core.
+TINY = ["--vit", "nano", "--img-size", "32", "--patch-size", "8", "--batch-size", "8", "--accum-iter", "2",
+        "--warmup-epochs", "0", "--num-workers", "0", "--precision", "fp32", "--device", "cpu", "--log-interval", "2"]
+
+
+@pytest.fixture(scope="session")
+def mtl_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mtl_data")
+    synthetic.generate_mtl(str(root), videos=6, frames=12, size=32, seed=3, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lsd_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lsd_data")
+    synthetic.generate_lsd(str(root), per_class=8, size=32, seed=3, workers=1, progress=False)
+    return root
+
+
+def run_entry(script, *args, env=None, timeout=300, check=True):
+    """Run an entry point in a fresh process from the repository root; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    full_env.update(env or {})
+    result = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=full_env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n"
+                             f"stderr:\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_torchrun(nproc, script, *args, extra=(), timeout=300, check=True):
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
+               script, *map(str, args)]
+    result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"torchrun exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n"
+                             f"stderr:\n{result.stderr[-3000:]}")
+    return result
