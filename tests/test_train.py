@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TINY, run_entry, run_torchrun
 from sklearn.metrics import f1_score
 
-from conftest import ROOT, TINY, run_entry, run_torchrun
 from engine.entry import main
 from engine.tasks import MTLTask
 from utils.cli import parse_args
