@@ -8,16 +8,22 @@ a file holding pickled objects of other classes is refused and none of its code 
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import random
+import re
 import tempfile
-import zipfile
 
 import numpy as np
 import torch
 
 from utils.errors import UserError
+
+try:  # numpy 2 moved the scalar constructor; pickles name it either way
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
 
 
 def save_atomic(obj, path: str) -> None:
@@ -61,33 +67,46 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely (``weights_only=True``) on the CPU; every failure is a one-line :class:`UserError`."""
+# Plain values that released checkpoints carry next to their tensors: the original CoTEX files store numpy scalar
+# metrics, MAE training checkpoints an argparse.Namespace. Reconstructing these runs no code of the file's choosing.
+_ALLOWED_GLOBALS = [
+    _numpy_scalar,
+    (_numpy_scalar, "numpy.core.multiarray.scalar"),
+    np.dtype,
+    *{type(np.dtype(code)) for code in np.typecodes["AllFloat"] + np.typecodes["AllInteger"] + "?"},
+    argparse.Namespace,
+]
+
+
+def load_checkpoint(path, what: str = "checkpoint"):
+    """Load a checkpoint file on the CPU with ``weights_only=True`` and the allow-list above.
+
+    Any other pickled class is refused before it is constructed (its code never runs). Every failure is a one-line
+    :class:`UserError` naming the file.
+    """
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     if os.path.getsize(path) == 0:
-        raise UserError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
+        raise UserError(f"{what} {path} is empty (0 bytes); it was not written completely")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise UserError(f"checkpoint {path} holds pickled Python objects that are not allowed (refused unread, "
-                            f"none of its code ran): {_unsupported_global(str(err)) or first}") from None
-        raise UserError(f"checkpoint {path} is not a readable checkpoint (truncated or corrupt: {first})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint {path} is not a readable checkpoint (truncated or corrupt: {first})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a dictionary of weights")
-    return obj
+        found = re.search(r"(?:Unsupported global|unsupported GLOBAL)[^A-Za-z_]*([\w.]+)", str(err), re.I)
+        if found:
+            refused = (f"{what} {path} was refused: it holds a pickled {found.group(1)}, which is not on the "
+                       f"allow-list of plain values (nothing in it was run); re-save just its state dict")
+            raise UserError(refused) from None
+        raise UserError(f"{what} {path} is not a readable checkpoint (corrupt: {_first_line(err)})") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for truncated or foreign files
+        raise UserError(f"{what} {path} is not a readable checkpoint (truncated or corrupt: {_first_line(err)})") \
+            from None
 
 
-def _unsupported_global(message: str) -> str:
-    for line in message.splitlines():
-        if "Unsupported global" in line:
-            return line.strip().removeprefix("WeightsUnpickler error: ")
-    return ""
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
 
 
 def capture_rng() -> dict:

@@ -1,0 +1,176 @@
+"""The MAE-style Vision Transformer backbone: timm's ViT with patch masking for training and MAE weight loading.
+
+The backbone is timm's ``VisionTransformer`` (fused attention, drop path) configured as in MAE: LayerNorm eps 1e-6,
+qkv bias, class-token pooling (or average pooling with ``fc_norm``). ``forward(x, mask_ratio)`` keeps a random
+subset of patch tokens per sample in training, as masked CoTEX does; in eval, or at ratio 0, it is timm's forward.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.models import checkpoint_seq
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from models.weights import compare_keys, describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
+from utils.errors import UserError
+
+# MAE / ViT sizes; 'nano' is ours, small enough for CPU demos and tests.
+VIT_PRESETS = {
+    'nano': dict(patch_size=16, embed_dim=128, depth=4, num_heads=4),
+    'tiny': dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    'small': dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    'base': dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    'large': dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    'huge': dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+}
+
+# Keys of MAE pretrain checkpoints that belong to the decoder or the masking, never to the encoder we fine-tune.
+_PRETRAIN_ONLY = ('mask_token', 'decoder_')
+# A fine-tuning model brings its own head; fc_norm exists only with average pooling, which MAE checkpoints lack.
+_MAY_BE_MISSING = ('head.', 'fc_norm.')
+
+
+def kept_patch_count(num_patches: int, mask_ratio: float) -> int:
+    """Number of patch tokens a masked forward keeps, as in MAE: ``int(L * (1 - mask_ratio))``."""
+    return int(num_patches * (1 - mask_ratio))
+
+
+class MaskedViT(VisionTransformer):
+    """timm ViT whose training forward can drop a random subset of patch tokens per sample."""
+
+    def forward(self, x: Tensor, mask_ratio: float = 0.0) -> Tensor:
+        if not 0.0 <= mask_ratio < 1.0:
+            raise UserError(f'mask ratio must be in [0, 1), got {mask_ratio}')
+        if not self.training or mask_ratio == 0.0:
+            return super().forward(x)
+        return self.forward_head(self.forward_masked_features(x, mask_ratio))
+
+    def forward_masked_features(self, x: Tensor, mask_ratio: float) -> Tensor:
+        """Patch tokens plus their position embeddings, a random ``1 - mask_ratio`` of them kept, then the blocks."""
+        patches = self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens:]
+        batch, num_patches, dim = patches.shape
+        keep = kept_patch_count(num_patches, mask_ratio)
+        if keep < 1:
+            raise UserError(f'mask ratio {mask_ratio} keeps no patch token of {num_patches}; use a smaller ratio')
+        # per-sample shuffle: the `keep` tokens with the smallest noise survive
+        noise = torch.rand(batch, num_patches, device=patches.device)
+        kept_index = noise.argsort(dim=1)[:, :keep]
+        patches = patches.gather(1, kept_index.unsqueeze(-1).expand(-1, -1, dim))
+        cls_token = (self.cls_token + self.pos_embed[:, :self.num_prefix_tokens]).expand(batch, -1, -1)
+        tokens = self.pos_drop(torch.cat([cls_token.to(patches.dtype), patches], dim=1))
+        tokens = self.norm_pre(self.patch_drop(tokens))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            tokens = checkpoint_seq(self.blocks, tokens)
+        else:
+            tokens = self.blocks(tokens)
+        return self.norm(tokens)
+
+
+def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,
+              global_pool: bool = False, patch_size: int | None = None) -> MaskedViT:
+    """A ViT of a preset size; ``num_classes=0`` leaves no head (callers attach their own)."""
+    if size not in VIT_PRESETS:
+        raise UserError(f'unknown ViT size {size!r}; choose one of {", ".join(VIT_PRESETS)}')
+    preset = dict(VIT_PRESETS[size])
+    if patch_size is not None:
+        preset['patch_size'] = patch_size
+    if img_size < preset['patch_size']:
+        raise UserError(f'image size {img_size} is smaller than the ViT patch size {preset["patch_size"]}')
+    return MaskedViT(
+        img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path, mlp_ratio=4.0, qkv_bias=True,
+        global_pool='avg' if global_pool else 'token', norm_layer=partial(nn.LayerNorm, eps=1e-6), **preset)
+
+
+def read_mae_state_dict(source) -> tuple[dict[str, Tensor], str]:
+    """(encoder state dict, name) of an MAE checkpoint path, a loaded checkpoint/state dict, or ``timm:<model>``."""
+    if isinstance(source, str) and source.startswith('timm:'):
+        return _timm_hub_state_dict(source[len('timm:'):]), source
+    checkpoint, name = read_checkpoint(source, 'MAE checkpoint')
+    state = strip_prefix(extract_state_dict(checkpoint, name, ('model', 'state_dict')), 'module.')
+    return state, name
+
+
+def _timm_hub_state_dict(model_name: str) -> dict[str, Tensor]:
+    try:  # downloads: only on this explicit request, never in tests
+        hub_model = timm.create_model(model_name, pretrained=True, num_classes=0, global_pool='token')
+    except Exception as error:
+        raise UserError(f'cannot get timm weights {model_name!r} ({error}); pass a checkpoint file instead') from None
+    return hub_model.state_dict()
+
+
+def load_mae_weights(vit: MaskedViT, source, log=print, name: str | None = None) -> dict:
+    """Initialise ``vit`` from MAE pretrain/finetune weights or a timm state dict and report what was loaded.
+
+    Decoder and mask-token keys are ignored, the head and ``fc_norm`` are taken only where their shapes fit, position
+    embeddings are resampled to this model's grid. Any other missing key or any shape mismatch is a UserError.
+    Returns ``{'source', 'loaded', 'not_loaded', 'ignored', 'pos_embed_resampled'}``.
+    """
+    state, source_name = read_mae_state_dict(source)
+    source_name = name or source_name
+    own = vit.state_dict()
+
+    ignored = [key for key in state if key.startswith(_PRETRAIN_ONLY)]
+    # heads and norms that this model lacks or shapes differently (another task's head, average-pool fc_norm,
+    # or the final norm that average pooling replaces) are dropped rather than loaded
+    ignored += [key for key in state if key.startswith(('head.', 'fc_norm.')) and (
+        key not in own or own[key].shape != state[key].shape)]
+    ignored += [key for key in state if key.startswith('norm.') and key not in own]
+    state = {key: value for key, value in state.items() if key not in ignored}
+
+    resampled = None
+    if 'pos_embed' in state and state['pos_embed'].shape != own['pos_embed'].shape:
+        # a pos_embed that cannot be resampled (other width, not square) stays and is reported as a mismatch
+        state['pos_embed'], resampled = _resample_pos_embed(vit, state['pos_embed'])
+
+    missing, unexpected, mismatched = compare_keys(own, state, lambda key: key.startswith(_MAY_BE_MISSING))
+    if missing or mismatched:
+        mismatch = describe_mismatch(missing, unexpected, mismatched)
+        raise UserError(f'MAE checkpoint {source_name} does not fit this ViT: {mismatch}; '
+                        'check --vit size, --img-size and pooling')
+    ignored += unexpected
+    state = {key: value for key, value in state.items() if key in own}
+    vit.load_state_dict(state, strict=False)
+
+    not_loaded = [key for key in own if key not in state and not key.endswith('num_batches_tracked')]
+    if isinstance(vit.head, nn.Linear) and 'head.weight' not in state:
+        # MAE fine-tuning starts a fresh linear head near zero
+        with torch.no_grad():
+            trunc_normal_(vit.head.weight, std=2e-5)
+            vit.head.bias.zero_()
+
+    report = {'source': source_name, 'loaded': len(state), 'not_loaded': not_loaded, 'ignored': ignored,
+              'pos_embed_resampled': resampled}
+    line = f'MAE weights from {source_name}: loaded {len(state)} tensors'
+    if not_loaded:
+        line += f'; new (not in checkpoint): {", ".join(not_loaded)}'
+    if ignored:
+        decoder = sum(key.startswith('decoder_') for key in ignored)
+        others = [key for key in ignored if not key.startswith('decoder_')]
+        line += '; ignored: ' + ', '.join(others + ([f'{decoder} decoder keys'] if decoder else []))
+    if resampled:
+        (old_h, old_w), (new_h, new_w) = resampled
+        line += f'; pos_embed resampled {old_h}x{old_w} -> {new_h}x{new_w}'
+    log(line)
+    return report
+
+
+def _resample_pos_embed(vit: MaskedViT, pos_embed: Tensor):
+    """Bicubic resampling of the patch position embeddings to ``vit``'s grid (class token kept as is).
+
+    Returns ``(pos_embed, (old_grid, new_grid))``, or the input and None when it is not a square grid of our width.
+    """
+    prefix = vit.num_prefix_tokens
+    old_patches = pos_embed.shape[1] - prefix if pos_embed.ndim == 3 else -1
+    old_side = int(round(max(old_patches, 0) ** 0.5))
+    if old_patches < 1 or old_side * old_side != old_patches or pos_embed.shape[2] != vit.embed_dim:
+        return pos_embed, None
+    new_grid = list(vit.patch_embed.grid_size)
+    # antialias off and align_corners False: the interpolation MAE's own fine-tuning code uses
+    resampled = resample_abs_pos_embed(pos_embed, new_size=new_grid, old_size=[old_side, old_side],
+                                       num_prefix_tokens=prefix, interpolation='bicubic', antialias=False)
+    return resampled, ((old_side, old_side), tuple(new_grid))
