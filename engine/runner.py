@@ -97,6 +97,9 @@ def prepare_output_dir(args) -> None:
     if dist.is_main():
         try:
             os.makedirs(checkpoint_dir(args), exist_ok=True)
+            for name in os.listdir(checkpoint_dir(args)):  # left by a process killed while saving
+                if name.startswith(".tmp-"):
+                    os.remove(os.path.join(checkpoint_dir(args), name))
             probe = os.path.join(args.output_dir, ".write-test")
             with open(probe, "w") as handle:
                 handle.write("ok")
@@ -342,5 +345,5 @@ def load_for_eval(task, path: str, args):
         config["vit_num"] = len(checkpoint["state_dicts"])
     model = build(config)
     loader = load_emma_checkpoint if args.track == "mtl" else load_cotex_checkpoint
-    loader(model, checkpoint, log=log)
+    loader(model, path, log=log)  # by path, so that errors name the file
     return model

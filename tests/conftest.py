@@ -31,7 +31,7 @@ def lsd_data(tmp_path_factory):
 
 def run_entry(script, *args, env=None, timeout=300, check=True):
     """Run an entry point in a fresh process from the repository root; returns the CompletedProcess."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     full_env.update(env or {})
     result = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=full_env, capture_output=True,
                             text=True, timeout=timeout)
@@ -42,7 +42,7 @@ def run_entry(script, *args, env=None, timeout=300, check=True):
 
 
 def run_torchrun(nproc, script, *args, extra=(), timeout=300, check=True):
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
                script, *map(str, args)]
     result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
