@@ -196,8 +196,8 @@ def train(args) -> None:
     if args.compile:
         model = torch.compile(model)
     if dist.is_distributed():
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        broadcast_buffers=False)
+        # EMMA's only buffers are the frozen DAN's BatchNorm statistics, identical on every rank.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = SkipFirst(DistributedSampler(train_set, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
                                            seed=args.seed, drop_last=True))

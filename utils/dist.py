@@ -39,10 +39,20 @@ def setup(device_choice: str = "auto", timeout_s: float = 600.0) -> torch.device
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not is_distributed():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        kwargs = dict(backend=backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # Under torchrun the agent's store outlives a restart (--max-restarts); keys of the failed attempt would
+            # point the new processes at dead peers, so each attempt gets its own key prefix.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                                  timeout=timeout)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            kwargs.update(store=dist.PrefixStore(f"abaw/attempt{attempt}", store), rank=int(os.environ["RANK"]),
+                          world_size=world)
+        dist.init_process_group(**kwargs)
     return device
 
 
