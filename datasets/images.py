@@ -52,9 +52,10 @@ def list_image_folder(folder: str) -> list[str]:
 def collate_uint8(batch):
     """Stack samples ``(image, *fields)``; drop samples whose image is ``None`` (undecodable, training only).
 
-    Returns ``(images uint8 (B,3,H,W), *stacked fields, dropped)`` where ``dropped`` lists the last field (the row
-    index) of each dropped sample. Images of another size than the batch's first are resized to it (the released
-    frames share one size, but nothing guarantees it). A batch with no decodable image gives ``(None, dropped)``.
+    Returns ``(images uint8 (B,3,H,W) channels-last, *stacked fields, dropped)`` where ``dropped`` lists the last field
+    (the row index) of each dropped sample. Images of another size than the batch's first are resized to it (the
+    released frames share one size, but nothing guarantees it). A batch with no decodable image gives
+    ``(None, dropped)``.
     """
     kept = [sample for sample in batch if sample[0] is not None]
     dropped = [int(sample[-1]) for sample in batch if sample[0] is None]
@@ -69,7 +70,10 @@ def collate_uint8(batch):
                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         images.append(image)
     fields = [torch.stack([torch.as_tensor(sample[i]) for sample in kept]) for i in range(1, len(kept[0]))]
-    return (torch.stack(images), *fields, dropped)
+    # Stacked as decoded, height-width-channel: the batch is (B,3,H,W) in channels-last layout, which the uint8
+    # resize of the training transform wants.
+    stacked = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return (stacked, *fields, dropped)
 
 
 def read_image_list(path: str, what: str = "test list") -> np.ndarray:

@@ -8,8 +8,14 @@ per sample as the per-image transforms did:
   ImageNet normalisation; eval: resize, normalisation.
 - LSD train: resize to 1.02x, random crop, flip; eval: resize, normalisation.
 
-Random numbers come from the global torch generator of the batch's device, so a run's RNG state (saved in its
-checkpoint) fixes the augmentation too.
+Training batches stay uint8 until the last step on the CPU, as the reference's PIL images did: PyTorch's SIMD uint8
+resize is about ten times faster there than its float resize, and crops and flips of uint8 move a quarter of the
+bytes. Jittered samples are converted to float, jittered and rounded back. The last step turns uint8 into normalised
+floats in one multiply-add. On a GPU (no uint8 resize kernel) the same steps run on floats in [0, 255]. Evaluation
+resizes in float, exactly as torchvision's tensor ``Resize``.
+
+Random parameters are drawn from the global CPU torch generator, where the per-sample crops need them as numbers
+(drawing them on a GPU would make the host wait for it), so a run's saved RNG state fixes the augmentation too.
 """
 
 from __future__ import annotations
@@ -19,12 +25,20 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, PIL's "L" conversion used by the reference's ColorJitter
+HUE_SECTOR_OFFSETS = (5.0, 3.0, 1.0)  # HSV -> RGB: channel = V - C * ramp((offset + 6 * hue) mod 6), for R, G, B
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of a float (B,3,H,W) batch to (size, size), antialiased like torchvision's tensor Resize."""
+    """Bilinear antialiased resize of a (B,3,H,W) batch to (size, size).
+
+    Float batches match torchvision's tensor ``Resize``; uint8 batches (CPU) go through PyTorch's SIMD uint8 kernel in
+    channels-last layout and come back uint8, rounded as PIL's resize rounds.
+    """
     if images.shape[-2:] == (size, size):
         return images
+    if images.dtype == torch.uint8:
+        images = images.contiguous(memory_format=torch.channels_last)
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -34,100 +48,119 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+def _layout(images: torch.Tensor):
+    return torch.channels_last if images.dim() == 4 and images.is_contiguous(
+        memory_format=torch.channels_last) and not images.is_contiguous() else torch.contiguous_format
+
+
+def _crop_params(batch: int, height: int, width: int, size: int, flip_p: float) -> list[tuple[int, int, bool]]:
+    """(top, left, flip) per sample: RandomCrop's uniform position, then RandomHorizontalFlip's coin."""
+    tops = torch.randint(0, height - size + 1, (batch,)).tolist()
+    lefts = torch.randint(0, width - size + 1, (batch,)).tolist()
+    flips = (torch.rand(batch) < flip_p).tolist() if flip_p > 0 else [False] * batch
+    return list(zip(tops, lefts, flips))
+
+
+def _window(image: torch.Tensor, top: int, left: int, flip: bool, size: int) -> torch.Tensor:
+    window = image[:, top:top + size, left:left + size]
+    return window.flip(-1) if flip else window
+
+
+def random_crop_flip(images: torch.Tensor, size: int, flip_p: float = 0.0) -> torch.Tensor:
+    """A (size, size) crop at an independent uniform position per sample, then a horizontal flip with probability
+    ``flip_p`` per sample (torchvision's RandomCrop then RandomHorizontalFlip). Any dtype; the layout is kept."""
+    batch, channels, height, width = images.shape
+    out = torch.empty((batch, channels, size, size), dtype=images.dtype, device=images.device,
+                      memory_format=_layout(images))
+    # One window copy per sample: no index tensors, and each copy reads only the pixels it keeps.
+    for index, (top, left, flip) in enumerate(_crop_params(batch, height, width, size, flip_p)):
+        out[index].copy_(_window(images[index], top, left, flip, size))
+    return out
+
+
 def random_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """A (size, size) crop at an independent uniform position per sample."""
-    batch, _, height, width = images.shape
-    if (height, width) == (size, size):
-        return images
-    top = torch.randint(0, height - size + 1, (batch,), device=images.device)
-    left = torch.randint(0, width - size + 1, (batch,), device=images.device)
-    offsets = torch.arange(size, device=images.device)
-    rows = (top[:, None] + offsets)[:, :, None]  # (B, size, 1)
-    cols = (left[:, None] + offsets)[:, None, :]  # (B, 1, size)
-    samples = torch.arange(batch, device=images.device)[:, None, None]
-    return images.permute(0, 2, 3, 1)[samples, rows, cols].permute(0, 3, 1, 2)
+    return random_crop_flip(images, size)
 
 
-def random_flip(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    """Horizontal flip of each sample with probability ``p``."""
-    flip = torch.rand(images.shape[0], device=images.device) < p
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+def _adjust_hue(images: torch.Tensor, shift) -> torch.Tensor:
+    """Rotate hue by ``shift`` (fraction of a turn in [-0.5, 0.5]: a float, or one per sample) in HSV, as
+    torchvision's adjust_hue. Works on (..., 3, H, W) floats in [0, 1].
+
+    The hue ``h`` (sixths of a turn, in [-1, 5)) is read off the RGB hexcone; each output channel follows from the
+    circular distance ``d`` between the rotated hue and the channel's own hue: ``V - C * clamp(d - 1, 0, 1)`` with V
+    the largest channel and C the chroma. Rotating the channels' hues the other way instead of the pixels' hue saves
+    a modulo. Everything is elementwise arithmetic: comparisons and torch.where cost several times more on a CPU.
+    """
+    r, g, b = images.unbind(-3)
+    value = images.amax(-3)
+    chroma = value - images.amin(-3)
+    # h * C in [-C, 5C), from the sector of the largest channel, R before G before B on ties as torchvision: exact
+    # 0/1 weights from sign() and two lerps pick it.
+    r_is_max = (r - value).sign_().add_(1)
+    g_is_max = (g - value).sign_().add_(1)
+    hue = torch.lerp((r - g).add_(chroma, alpha=4), (b - r).add_(chroma, alpha=2), g_is_max)
+    hue = torch.lerp(hue, g - b, r_is_max)
+    # Grey pixels (chroma 0) get h = 0 and come back unchanged, since their chroma scales the rotation.
+    hue.div_(chroma.clamp(min=torch.finfo(chroma.dtype).tiny))
+    per_sample = torch.is_tensor(shift)
+    shift = shift.view(-1, 1, 1) if per_sample else shift
+    # With x = h - ((channel hue - 6 shift) mod 6), in (-7, 5), the circular distance is d = 3 - |3 - |x|| (where
+    # this is negative, the true distance is under 1 and both give the same clamp), so
+    # V - C * clamp(d - 1, 0, 1) == (V - 2C) + C * clamp(|3 - |x||, 1, 2).
+    base = value - 2 * chroma
+    out = torch.empty_like(images)
+    for channel, own_hue in enumerate((0.0, 2.0, 4.0)):
+        centre = own_hue - 6 * shift
+        centre = centre - 6 * torch.floor(centre / 6) if per_sample else centre % 6
+        folded = (hue - centre).abs_().sub_(3).abs_().clamp_(1, 2)
+        torch.addcmul(base, chroma, folded, out=out.select(-3, channel))
+    return out
 
 
-def _grey(images: torch.Tensor) -> torch.Tensor:
-    weights = images.new_tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
+def _jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float):
+    """Per-sample factors ``(n, 4)`` and op orders ``(n, 4)``, as ColorJitter.get_params draws them (CPU)."""
+
+    def factor(amount: float) -> torch.Tensor:
+        return torch.empty(n).uniform_(max(0.0, 1 - amount), 1 + amount)
+
+    factors = torch.stack([factor(brightness), factor(contrast), factor(saturation),
+                           torch.empty(n).uniform_(-hue, hue)], 1)
+    order = torch.rand(n, 4).argsort(1)  # a random permutation of the four ops per sample
+    return factors.tolist(), order.tolist()
 
 
-def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * images + (1 - factor) * other).clamp(0, 1)
-
-
-def _adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``shift`` (fraction of a turn, per sample) through HSV, as torchvision's adjust_hue."""
-    r, g, b = images.unbind(1)
-    maxc, _ = images.max(1)
-    minc, _ = images.min(1)
-    delta = maxc - minc
-    safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
-    saturation = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    rc, gc, bc = (maxc - r) / safe_delta, (maxc - g) / safe_delta, (maxc - b) / safe_delta
-    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
-    hue = (hue + shift.view(-1, 1, 1)) % 1.0
-
-    sector = hue * 6.0
-    index = sector.floor()
-    fraction = sector - index
-    index = index.long() % 6
-    value = maxc
-    p = value * (1 - saturation)
-    q = value * (1 - saturation * fraction)
-    t = value * (1 - saturation * (1 - fraction))
-    choices = torch.stack([
-        torch.stack([value, q, p, p, t, value], 1),
-        torch.stack([t, value, value, q, p, p], 1),
-        torch.stack([p, p, t, value, value, q], 1),
-    ], 1)  # (B, 3 channels, 6 sectors, H, W)
-    return choices.gather(2, index[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
+def _jitter_image_(image: torch.Tensor, factors, order) -> torch.Tensor:
+    """ColorJitter of one float (3, H, W) image in [0, 1], in place: brightness, contrast, saturation and hue
+    ``factors`` applied in ``order`` (0..3), each a blend clamped to [0, 1] as torchvision's tensor ops."""
+    for op in order:
+        factor = factors[op]
+        if op == 0:  # blend with black
+            image.mul_(factor).clamp_(0, 1)
+        elif op == 1:  # blend with the mean grey level (luma weights applied to the channel means)
+            mean = image.mean((1, 2)) @ image.new_tensor(GREY_WEIGHTS)
+            image.mul_(factor).add_(mean * (1 - factor)).clamp_(0, 1)
+        elif op == 2:  # blend with the image's own grey
+            r, g, b = image
+            grey = (r * GREY_WEIGHTS[0]).add_(g, alpha=GREY_WEIGHTS[1]).add_(b, alpha=GREY_WEIGHTS[2])
+            image.mul_(factor).add_(grey, alpha=1 - factor).clamp_(0, 1)
+        else:
+            image.copy_(_adjust_hue(image, factor))
+    return image
 
 
 def color_jitter(images: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                  p: float) -> torch.Tensor:
     """torchvision's ColorJitter inside RandomApply(p), per sample: factors and op order drawn per sample.
 
-    ``images`` are floats in [0, 1].
+    ``images`` are floats in [0, 1]; a new batch is returned.
     """
-    batch = images.shape[0]
-    device = images.device
-    chosen = torch.nonzero(torch.rand(batch, device=device) < p).flatten()
-    if chosen.numel() == 0:
-        return images
-    subset = images[chosen]
-    n = subset.shape[0]
-
-    def factor(amount: float) -> torch.Tensor:
-        return torch.empty(n, 1, 1, 1, device=device).uniform_(max(0.0, 1 - amount), 1 + amount)
-
-    factors = {"brightness": factor(brightness), "contrast": factor(contrast), "saturation": factor(saturation),
-               "hue": torch.empty(n, device=device).uniform_(-hue, hue)}
-    order = torch.rand(n, 4, device=device).argsort(1)  # a random permutation of the four ops per sample
-    for position in range(4):
-        for op_index, op in enumerate(("brightness", "contrast", "saturation", "hue")):
-            rows = torch.nonzero(order[:, position] == op_index).flatten()
-            if rows.numel() == 0:
-                continue
-            part, amount = subset[rows], factors[op][rows]
-            if op == "brightness":
-                part = _blend(part, torch.zeros_like(part), amount)
-            elif op == "contrast":
-                part = _blend(part, _grey(part).mean((1, 2, 3), keepdim=True), amount)
-            elif op == "saturation":
-                part = _blend(part, _grey(part), amount)
-            else:
-                part = _adjust_hue(part, amount)
-            subset = subset.index_copy(0, rows, part)
-    return images.index_copy(0, chosen, subset)
+    chosen = torch.nonzero(torch.rand(images.shape[0]) < p).flatten().tolist()
+    out = images.clone()
+    factors, order = _jitter_params(len(chosen), brightness, contrast, saturation, hue)
+    for row, index in enumerate(chosen):
+        _jitter_image_(out[index], factors[row], order[row])
+    return out
 
 
 class BatchTransform:
@@ -147,16 +180,36 @@ class BatchTransform:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"expected a uint8 batch, got {images.dtype}")
-        x = images.float().div_(255.0)
-        x = resize(x, self.resize_to)
-        if self.train:
-            if self.jitter is not None and self.jitter_p > 0:
-                x = color_jitter(x, *self.jitter, p=self.jitter_p)
-            x = random_crop(x, self.img_size)
-            if self.flip_p > 0:
-                x = random_flip(x, self.flip_p)
-        x = normalise(x)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if not self.train:
+            # a contiguous float batch: the float resize is twice as slow on channels-last input
+            x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+            return normalise(resize(x, self.img_size)).contiguous(memory_format=memory_format)
+        # uint8 on the CPU (its fast uint8 resize); floats in 0..255 on devices without a uint8 resize kernel
+        x = resize(images if images.device.type == "cpu" else images.float(), self.resize_to)
+        batch, _, height, width = x.shape
+        jittered = {}
+        if self.jitter is not None and self.jitter_p > 0:
+            chosen = torch.nonzero(torch.rand(batch) < self.jitter_p).flatten().tolist()
+            factors, order = _jitter_params(len(chosen), *self.jitter)
+            for row, index in enumerate(chosen):
+                image = x[index].to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+                jittered[index] = _jitter_image_(image, factors[row], order[row])
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+        shift = -torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1) / std
+        scale_255, scale_1 = 1 / (255 * std), 1 / std
+        out = torch.empty((batch, 3, self.img_size, self.img_size), device=x.device, memory_format=memory_format)
+        # Crop, flip and normalise one sample at a time: each window is read once and its float copy is still in
+        # cache for the multiply-add.
+        for index, (top, left, flip) in enumerate(_crop_params(batch, height, width, self.img_size, self.flip_p)):
+            target = out[index]
+            if index in jittered:
+                target.copy_(_window(jittered[index], top, left, flip, self.img_size))
+                target.mul_(scale_1).add_(shift)
+            else:
+                target.copy_(_window(x[index], top, left, flip, self.img_size))
+                target.mul_(scale_255).add_(shift)
+        return out
 
     def __repr__(self) -> str:
         parts = [f"img_size={self.img_size}", f"train={self.train}", f"resize_to={self.resize_to}"]
@@ -179,4 +232,3 @@ def lsd_train_transform(img_size: int = 224) -> BatchTransform:
 def eval_transform(img_size: int = 224) -> BatchTransform:
     """Evaluation for both tracks: resize and normalise."""
     return BatchTransform(img_size, train=False)
-

@@ -20,31 +20,46 @@ DEMO_DATA = {
     "mtl": dict(videos=240, frames=100, size=64, seed=0),
     "lsd": dict(per_class=1500, size=64, seed=0),
 }
+DAN_STANDIN_SECONDS = 60
+
 DEMO_RUN = {
-    "mtl": dict(vit="nano", img_size=64, patch_size=8, epochs=6, warmup_epochs=1, batch_size=64, accum_iter=1,
-                blr=1e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05, num_workers=2,
-                output_dir="runs/demo_mtl", va_lr=1e-3, log_interval=10),
+    "mtl": dict(vit="nano", img_size=64, patch_size=8, global_pool=True, epochs=2, warmup_epochs=0.2, batch_size=64,
+                accum_iter=1, blr=4e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
+                num_workers=2, output_dir="runs/demo_mtl", va_lr=1e-3, log_interval=10, au_pos_weight="data",
+                tune_au_thresholds=True),
     "lsd": dict(vit="nano", img_size=64, patch_size=8, epochs=6, warmup_epochs=1, batch_size=64, accum_iter=1,
                 blr=1e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05, num_workers=2,
                 output_dir="runs/demo_cotex", mask_ratio=0.5, lambda_js=1.0, log_interval=10),
 }
 
 
+# ABAW_DEMO_SIZE=small: a seconds-long version of the same pipeline, for tests of the documented commands.
+SMALL_DATA = {"mtl": dict(videos=6, frames=12, size=32, seed=0), "lsd": dict(per_class=8, size=32, seed=0)}
+SMALL_RUN = dict(img_size=32, epochs=1, warmup_epochs=0, batch_size=8, max_steps=3, num_workers=0)
+SMALL_DAN_STANDIN_SECONDS = 1
+
+
+def small() -> bool:
+    return os.environ.get("ABAW_DEMO_SIZE") == "small"
+
+
 def data_root(track: str) -> str:
-    return os.path.join(os.environ.get("ABAW_DEMO_DATA", "demo_data"), track)
+    return os.path.join(os.environ.get("ABAW_DEMO_DATA", "demo_data"), track + ("_small" if small() else ""))
 
 
 def configure(args, parser) -> None:
     """Point the run at the cached synthetic data (generating it on first use) and apply the demo settings."""
     from datasets import synthetic
 
+    args.demo_started = time.perf_counter()
     track = args.track
-    for key, value in DEMO_RUN[track].items():
+    settings = dict(DEMO_RUN[track], **(SMALL_RUN if small() else {}))
+    for key, value in settings.items():
         if getattr(args, key) == parser.get_default(key):  # a flag the user gave wins
             setattr(args, key, value)
     if args.data_dir is None:
         args.data_dir = data_root(track)
-        params = DEMO_DATA[track]
+        params = (SMALL_DATA if small() else DEMO_DATA)[track]
         if dist.is_main() and not synthetic.is_generated(args.data_dir, track, **params):
             log(f"generating the demo's synthetic {track.upper()} data in {args.data_dir} (once; reused later)")
             start = time.perf_counter()
@@ -53,7 +68,15 @@ def configure(args, parser) -> None:
             log(f"generated in {time.perf_counter() - start:.0f} s")
     if args.track == "lsd" and args.batch_size is None:
         args.batch_size = 64
-    args.demo_started = time.perf_counter()
+    if track == "mtl" and args.dan_ckpt is None and not args.eval:
+        # Stage 1 in miniature: a DAN trained on the synthetic expressions stands in for the AffectNet checkpoint.
+        args.dan_ckpt = f"{args.data_dir.rstrip('/')}_dan_standin_{args.img_size}px.pth"
+        if dist.is_main() and not os.path.isfile(args.dan_ckpt):
+            from engine.standin import train_dan_standin
+
+            seconds = SMALL_DAN_STANDIN_SECONDS if small() else DAN_STANDIN_SECONDS
+            train_dan_standin(args.data_dir, args.dan_ckpt, args.img_size, seconds=seconds,
+                              num_workers=args.num_workers, seed=args.seed)
 
 
 def report(args) -> None:

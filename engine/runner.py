@@ -46,6 +46,23 @@ class SkipFirst(torch.utils.data.Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
+def make_train_loader(train_set, batch_size: int, num_workers: int, device: torch.device,
+                      seed: int) -> tuple[DataLoader, SkipFirst]:
+    """The training loader: this rank's shuffled shard, uint8 batches, pinned for a GPU; returns it and its sampler.
+
+    Workers stay alive across epochs (an epoch of small frames is short, and starting workers costs a fork and
+    imports each time) and keep four batches ready each.
+    """
+    sampler = SkipFirst(DistributedSampler(train_set, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+                                           seed=seed, drop_last=True))
+    loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_uint8,
+                         pin_memory=device.type == "cuda", drop_last=True,
+                         generator=torch.Generator().manual_seed(seed + dist.rank()))
+    if num_workers > 0:
+        loader_kwargs.update(persistent_workers=True, prefetch_factor=4)
+    return DataLoader(train_set, sampler=sampler, **loader_kwargs), sampler
+
+
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for fp32. auto: bf16 where the device computes it natively, else fp32."""
     if choice == "fp32":
@@ -199,14 +216,7 @@ def train(args) -> None:
         # EMMA's only buffers are the frozen DAN's BatchNorm statistics, identical on every rank.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = SkipFirst(DistributedSampler(train_set, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
-                                           seed=args.seed, drop_last=True))
-    loader_generator = torch.Generator().manual_seed(args.seed + dist.rank())
-    loader_kwargs = dict(batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_uint8,
-                         pin_memory=device.type == "cuda", drop_last=True, generator=loader_generator)
-    if args.num_workers > 0:
-        loader_kwargs.update(persistent_workers=False, prefetch_factor=4)
-    train_loader = DataLoader(train_set, sampler=sampler, **loader_kwargs)
+    train_loader, sampler = make_train_loader(train_set, args.batch_size, args.num_workers, device, args.seed)
     val_loader = eval_loader(val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device)
     if len(train_loader) == 0 and state.batch_in_epoch == 0:
         raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "

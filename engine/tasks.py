@@ -40,6 +40,10 @@ class MTLTask:
 
     def train_split(self):
         annotations = mtl.load_split(self.args.data_dir, mtl.TRAIN_FILE, log=log)
+        if getattr(self.args, "au_pos_weight", "reference") == "data":
+            self.loss_fn = MTLLoss(pos_weight=data_pos_weight(annotations.targets[:, 3:]))
+            log("AU pos_weight from the training annotations: " +
+                " ".join(f"{w:.2f}" for w in self.loss_fn.pos_weight.tolist()))
         return mtl.MTLDataset(self.image_root(), annotations, skip_bad=True), annotations.images
 
     def val_split(self):
@@ -154,6 +158,16 @@ class MTLTask:
         n = len(targets)
         return metrics.mtl_metrics(np.tile(va_mean, (n, 1)), np.full(n, expr_mode),
                                    np.tile((np.array(au_rate) >= 0.5).astype(int), (n, 1)), targets)
+
+
+def data_pos_weight(aus: np.ndarray) -> list[float]:
+    """Negatives / positives per AU over the labelled entries (the rule behind BCE pos_weight), at least 1e-3."""
+    weights = []
+    for column in aus.T:
+        labelled = column[column >= 0]
+        positives = max(float((labelled == 1).sum()), 1.0)
+        weights.append(max(float((labelled == 0).sum()) / positives, 1e-3))
+    return weights
 
 
 class LSDTask:

@@ -149,6 +149,9 @@ def build_parser(track: str, description: str) -> OneLineParser:
     _add(optim, "--clip-grad", aliases=["--clip_grad"], type=_non_negative_float, default=defaults["clip_grad"],
          help="gradient norm clipping, 0 to disable (default: %(default)s)")
     if track == "mtl":
+        _add(optim, "--au-pos-weight", choices=["reference", "data"], default="reference",
+             help="AU BCE pos_weight: the reference's values (tuned to s-Aff-Wild2) or negatives/positives of the "
+                  "training annotations (default: %(default)s)")
         _add(optim, "--va-lr", aliases=["--va_lr"], type=_non_negative_float, default=1e-4,
              help="constant learning rate of the VA head, as the reference's separate Adam (default: %(default)s)")
     else:
@@ -204,7 +207,8 @@ def parse_args(track: str, description: str, argv=None) -> argparse.Namespace:
         parser.error(f"--resume {args.resume}: no such file (use auto, none or a checkpoint path)")
     if args.ckpt and not os.path.isfile(args.ckpt):
         parser.error(f"--ckpt {args.ckpt}: no such file")
-    if args.warmup_epochs > args.epochs:
+    demo_sets_warmup = args.demo and args.warmup_epochs == parser.get_default("warmup_epochs")
+    if args.warmup_epochs > args.epochs and not demo_sets_warmup:
         parser.error(f"--warmup-epochs {args.warmup_epochs:g} exceeds --epochs {args.epochs}")
     if track == "lsd":
         if args.mae_ckpt and args.vit_num % len(args.mae_ckpt) != 0:

@@ -1,0 +1,384 @@
+"""Speed of the hot paths: training steps of the real models, the MTL data pipeline, and inference.
+
+Each measurement prints one JSON line with at least ``img_per_s``; the last line is the final result (with
+``--repeat R``, the best of R measurements and their spread, since CPU timings on a shared machine are noisy).
+Warm-up steps run first and are not measured.
+
+    python benchmarks/bench.py train --model emma --vit base --batch-size 8 --steps 3 --threads 2 --precision fp32
+    python benchmarks/bench.py train --model cotex --vit base --batch-size 8 --steps 3 --mask-ratio 0.75
+    python -m datasets.synthetic mtl /tmp/benchdata --videos 40 --frames 50
+    python benchmarks/bench.py data --data-dir /tmp/benchdata --batch-size 64 --workers 2
+    python benchmarks/bench.py eval --model emma --vit base --batch-size 64 [--ckpt FILE] [--data-dir DIR]
+
+Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
+(``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
+training transform, on random uint8 frames; ``data`` iterates the training loader of ``engine.runner`` over an MTL
+data directory and applies the training transform, counting the normalised float batches on the device; ``eval``
+runs ``engine.evaluate.predict`` with the evaluation transform.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.images import collate_uint8  # noqa: E402
+from engine.evaluate import eval_loader, predict  # noqa: E402
+from engine.runner import (  # noqa: E402
+    build_model,
+    load_for_eval,
+    make_autocast,
+    make_train_loader,
+    resolve_precision,
+    seed_everything,
+)
+from engine.tasks import make_task  # noqa: E402
+from engine.train import LoopConfig, TrainState, train_one_epoch  # noqa: E402
+from utils.cli import build_parser  # noqa: E402
+from utils.optim import WarmupCosine, build_optimizer, scaled_lr  # noqa: E402
+
+TRACKS = {"emma": "mtl", "cotex": "lsd"}
+# Dense bf16 peak of the GPUs we compute MFU for (TFLOP/s); --peak-tflops covers the others.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def project_args(model: str, extra: list[str]) -> argparse.Namespace:
+    """The flags of ``main_mtl.py``/``main_lsd.py`` with their defaults (the reference recipe) plus ``extra``."""
+    track = TRACKS[model]
+    args = build_parser(track, "").parse_args(extra)
+    args.track = track
+    if track == "lsd" and args.batch_size is None:
+        args.batch_size = 64
+    return args
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on the CPU (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def precision_name(dtype) -> str:
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace(
+        "float16", "fp16")
+
+
+def random_frames(task_name: str, batch_size: int, frame_size: int, first_index: int, generator) -> tuple:
+    """One loader batch ``(uint8 images, targets, indices, dropped)`` of random frames with valid random labels,
+    stacked by the real collate function from (3, H, W) views of height-width-channel arrays, as decoded."""
+    samples = []
+    for offset in range(batch_size):
+        image = torch.randint(0, 256, (frame_size, frame_size, 3), dtype=torch.uint8, generator=generator)
+        if task_name == "mtl":
+            va = torch.rand(2, generator=generator) * 2 - 1
+            expr = torch.randint(0, 8, (1,), generator=generator).float()
+            aus = torch.randint(0, 2, (12,), generator=generator).float()
+            target = torch.cat([va, expr, aus])
+        else:
+            target = torch.randint(0, 6, (), generator=generator)
+        samples.append((image.permute(2, 0, 1), target, first_index + offset))
+    return collate_uint8(samples)
+
+
+class RepeatedBatches:
+    """A stand-in loader yielding ``length`` batches, each with its own sample indices (``predict`` needs them)."""
+
+    def __init__(self, batch: tuple, length: int, pin: bool):
+        images, *fields, dropped = batch
+        if pin:
+            images = images.pin_memory()
+        self.images, self.fields, self.length = images, fields, length
+        self.dataset = range(length * images.shape[0])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        size = self.images.shape[0]
+        for step in range(self.length):
+            fields = list(self.fields)
+            fields[-1] = torch.arange(step * size, (step + 1) * size)
+            yield (self.images, *fields, [])
+
+
+def count_train_flops(task, model, transform, batch: tuple, autocast, device) -> float:
+    """Floating-point operations of one training forward and backward per image (matrix products and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, targets = batch[0][:2].to(device), batch[1][:2].to(device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast():
+            loss, _ = task.loss(model, transform(images), targets)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / images.shape[0]
+
+
+def summarise(kind: str, records: list[dict]) -> None:
+    """The final line: the best measurement, with every run's speed and the spread between them."""
+    speeds = [record["img_per_s"] for record in records]
+    best = max(records, key=lambda record: record["img_per_s"])
+    spread = (max(speeds) - min(speeds)) / max(speeds) * 100 if max(speeds) > 0 else 0.0
+    emit(dict(best, run="best", final=True, runs=len(records), img_per_s_runs=[round(s, 3) for s in speeds],
+              spread_pct=round(spread, 1)))
+
+
+def bench_train(opts) -> None:
+    device = pick_device(opts.device)
+    extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size),
+             "--precision", opts.precision]
+    if opts.patch_size:
+        extra += ["--patch-size", str(opts.patch_size)]
+    if opts.model == "cotex":
+        extra += ["--mask-ratio", str(opts.mask_ratio), "--vit-num", str(opts.vit_num)]
+    args = project_args(opts.model, extra)
+    seed_everything(0)
+    task = make_task(args)
+    dtype = resolve_precision(args.precision, device)
+    autocast = make_autocast(device, dtype)
+    model = build_model(task, task.model_config()).to(device)
+    lr = scaled_lr(args.blr, args.batch_size, opts.accum_iter, 1)
+    optimizer = build_optimizer(task.param_groups(model), lr, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # The lr of the middle of a run (after warm-up): the optimizer does the same arithmetic at any lr.
+    schedule = WarmupCosine(lr, args.min_lr, 0, args.epochs)
+    transform = task.train_transform()
+    batch = random_frames(task.name, args.batch_size, opts.frame_size, 0, torch.Generator().manual_seed(0))
+    gflop = count_train_flops(task, model, transform, batch, autocast, device) / 1e9 if opts.flops else None
+    if opts.compile:
+        model = torch.compile(model)
+    loop = LoopConfig(accum_iter=opts.accum_iter, clip_grad=args.clip_grad, log_interval=10**9, max_bad_fraction=1.0)
+    state = TrainState()
+
+    def run_steps(steps: int) -> float:
+        loader = RepeatedBatches(batch, steps, pin=device.type == "cuda")
+        synchronize(device)
+        start = time.perf_counter()
+        train_one_epoch(task, model, loader, transform, optimizer, scaler, schedule, autocast, device, state, loop)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    if opts.warmup:
+        run_steps(opts.warmup)  # compilation, allocator growth, oneDNN kernel selection
+    peak_tflops = opts.peak_tflops or next((peak for name, peak in PEAK_BF16_TFLOPS.items()
+                                            if device.type == "cuda" and name in device_name(device)), None)
+    settings = dict(bench="train", model=opts.model, vit=opts.vit, batch_size=args.batch_size,
+                    accum_iter=opts.accum_iter, steps=opts.steps, warmup=opts.warmup,
+                    mask_ratio=args.mask_ratio if opts.model == "cotex" else None,
+                    vit_num=args.vit_num if opts.model == "cotex" else None, img_size=args.img_size,
+                    frame_size=opts.frame_size, precision=precision_name(dtype), device=device_name(device),
+                    threads=torch.get_num_threads(), compile=opts.compile, torch=torch.__version__)
+    records = []
+    for run in range(opts.repeat):
+        reset_peak_memory(device)
+        seconds = run_steps(opts.steps)
+        img_per_s = opts.steps * args.batch_size / seconds
+        record = dict(settings, run=run, img_per_s=round(img_per_s, 3), step_s=round(seconds / opts.steps, 4),
+                      peak_mem_mb=round(peak_memory_mb(device), 1))
+        if gflop is not None:
+            record["train_gflop_per_img"] = round(gflop, 2)
+            if peak_tflops:
+                record["mfu"] = round(img_per_s * gflop / 1e3 / peak_tflops, 4)
+        records.append(record)
+        emit(record)
+    summarise("train", records)
+
+
+def bench_data(opts) -> None:
+    device = pick_device(opts.device)
+    args = project_args("emma", ["--data-dir", opts.data_dir, "--img-size", str(opts.img_size)])
+    task = make_task(args)
+    train_set, _ = task.train_split()
+    loader, sampler = make_train_loader(train_set, opts.batch_size, opts.workers, device, seed=0)
+    if len(loader) == 0:
+        raise SystemExit(f"error: {opts.data_dir} has fewer training frames than one batch of {opts.batch_size}")
+    transform = task.train_transform()
+    epoch = 0
+
+    def batches():
+        nonlocal epoch
+        while True:
+            sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    stream = batches()
+
+    def run_batches(count: int) -> tuple[float, int]:
+        synchronize(device)
+        start = time.perf_counter()
+        images_done = 0
+        for _ in range(count):
+            images = next(stream)[0]
+            model_input = transform(images.to(device, non_blocking=True))
+            images_done += model_input.shape[0]
+        synchronize(device)
+        return time.perf_counter() - start, images_done
+
+    run_batches(opts.warmup)  # starts the workers and fills their prefetch queues
+    settings = dict(bench="data", batch_size=opts.batch_size, workers=opts.workers, batches=opts.batches,
+                    img_size=args.img_size, frames=len(train_set), device=device_name(device),
+                    threads=torch.get_num_threads(), transform=repr(transform), torch=torch.__version__)
+    records = []
+    for run in range(opts.repeat):
+        seconds, images_done = run_batches(opts.batches)
+        record = dict(settings, run=run, img_per_s=round(images_done / seconds, 1),
+                      batch_ms=round(seconds / opts.batches * 1e3, 2))
+        records.append(record)
+        emit(record)
+    summarise("data", records)
+
+
+def bench_eval(opts) -> None:
+    device = pick_device(opts.device)
+    extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--precision", opts.precision]
+    if opts.patch_size:
+        extra += ["--patch-size", str(opts.patch_size)]
+    if opts.model == "cotex":
+        extra += ["--vit-num", str(opts.vit_num)]
+    if opts.data_dir:
+        extra += ["--data-dir", opts.data_dir]
+    args = project_args(opts.model, extra)
+    seed_everything(0)
+    task = make_task(args)
+    dtype = resolve_precision(args.precision, device)
+    autocast = make_autocast(device, dtype)
+    model = load_for_eval(task, opts.ckpt, args) if opts.ckpt else build_model(task, task.model_config())
+    model.to(device)
+    if opts.compile:
+        model = torch.compile(model)
+    transform = task.eval_transform()
+
+    def make_loader(batches: int):
+        if opts.data_dir:
+            return eval_loader(task.val_split(), opts.batch_size, opts.workers, device)
+        batch = random_frames(task.name, opts.batch_size, opts.frame_size, 0, torch.Generator().manual_seed(0))
+        images, _, indices, dropped = batch  # a test list's batches: images and their row indices
+        return RepeatedBatches((images, indices, dropped), batches, pin=device.type == "cuda")
+
+    def run(batches: int) -> tuple[float, int]:
+        loader = make_loader(batches)
+        synchronize(device)
+        start = time.perf_counter()
+        outputs, _ = predict(task, model, loader, transform, autocast, device)
+        synchronize(device)
+        return time.perf_counter() - start, outputs.shape[0]
+
+    if opts.warmup:
+        run(opts.warmup)
+    settings = dict(bench="eval", model=opts.model, vit=opts.vit, batch_size=opts.batch_size, img_size=args.img_size,
+                    data=opts.data_dir or "random", checkpoint=opts.ckpt, precision=precision_name(dtype),
+                    device=device_name(device), threads=torch.get_num_threads(), compile=opts.compile,
+                    torch=torch.__version__)
+    records = []
+    for index in range(opts.repeat):
+        reset_peak_memory(device)
+        seconds, images_done = run(opts.steps)
+        record = dict(settings, run=index, img_per_s=round(images_done / seconds, 2), images=images_done,
+                      peak_mem_mb=round(peak_memory_mb(device), 1))
+        records.append(record)
+        emit(record)
+    summarise("eval", records)
+
+
+def model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=sorted(TRACKS), default="emma")
+    parser.add_argument("--vit", choices=["nano", "tiny", "small", "base", "large", "huge"], default="base")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--vit-num", type=int, default=2, help="CoTEX's number of ViTs (default: %(default)s)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
+    parser.add_argument("--frame-size", type=int, default=112,
+                        help="side of the random uint8 frames, before the transform (default: %(default)s, as "
+                             "s-Aff-Wild2's cropped-aligned frames)")
+
+
+def common_flags(parser: argparse.ArgumentParser, warmup: int) -> None:
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="unmeasured steps first (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=1, help="measurements; the final line is the best")
+
+
+def build_cli() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="training steps of EMMA or masked CoTEX on random frames")
+    model_flags(train)
+    common_flags(train, warmup=1)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--steps", type=int, default=3, help="measured optimizer steps (default: %(default)s)")
+    train.add_argument("--accum-iter", type=int, default=1, help="micro-batches per optimizer step")
+    train.add_argument("--mask-ratio", type=float, default=0.75, help="CoTEX's mask ratio (default: %(default)s)")
+    train.add_argument("--peak-tflops", type=float, default=None,
+                       help="the device's peak for MFU (default: known GPUs' dense bf16 peak)")
+    train.add_argument("--no-flops", dest="flops", action="store_false",
+                       help="skip counting the FLOPs of a step (and the MFU)")
+
+    data = commands.add_parser("data", help="the MTL training loader and transform")
+    data.add_argument("--data-dir", required=True, help="an MTL data directory (python -m datasets.synthetic mtl DIR)")
+    data.add_argument("--batch-size", type=int, default=64)
+    data.add_argument("--workers", type=int, default=2)
+    data.add_argument("--batches", type=int, default=100, help="measured batches (default: %(default)s)")
+    data.add_argument("--img-size", type=int, default=224)
+    common_flags(data, warmup=10)
+
+    evaluate = commands.add_parser("eval", help="inference of a submission's model")
+    model_flags(evaluate)
+    common_flags(evaluate, warmup=1)
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--steps", type=int, default=3, help="measured batches without --data-dir")
+    evaluate.add_argument("--ckpt", default=None, help="a checkpoint to evaluate (default: random weights)")
+    evaluate.add_argument("--data-dir", default=None, help="predict the validation split of this data directory "
+                                                           "instead of random frames")
+    evaluate.add_argument("--workers", type=int, default=2)
+    return parser
+
+
+def main(argv=None) -> None:
+    opts = build_cli().parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    {"train": bench_train, "data": bench_data, "eval": bench_eval}[opts.command](opts)
+
+
+if __name__ == "__main__":
+    main()

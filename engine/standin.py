@@ -1,0 +1,64 @@
+"""A stand-in for the AffectNet DAN checkpoint, for runs on synthetic data.
+
+EMMA's VA head reads the frozen DAN's 8 expression scores. The reference used a DAN trained on AffectNet; synthetic
+faces have no such checkpoint, and a randomly initialised DAN gives large, meaningless scores that swamp the VA head.
+This trains a DAN briefly on the training split's expression labels (the same role AffectNet played: a separate
+expression model, frozen afterwards) and saves it in the released checkpoint format ``{'model_state_dict': ...}``,
+so EMMA loads it through ``--dan-ckpt`` like the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from datasets import mtl
+from datasets.images import collate_uint8
+from datasets.transforms import mtl_train_transform
+from engine.runner import resolve_precision
+from models.dan import DAN
+from utils.checkpoint import save_atomic
+from utils.monitor import log
+
+
+def train_dan_standin(data_dir: str, out_path: str, img_size: int, seconds: float, batch_size: int = 64,
+                      lr: float = 2e-3, num_workers: int = 2, seed: int = 0) -> str:
+    """Train a DAN on the expression labels of ``data_dir``'s training split for about ``seconds``; save it."""
+    torch.manual_seed(seed)
+    annotations = mtl.load_split(data_dir, mtl.TRAIN_FILE, log=lambda _: None)
+    labelled = np.flatnonzero(annotations.targets[:, 2] >= 0)
+    dataset = Subset(mtl.MTLDataset(os.path.join(data_dir, mtl.IMAGE_DIR), annotations), labelled)
+    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True,
+                        num_workers=num_workers,
+                        collate_fn=collate_uint8, generator=torch.Generator().manual_seed(seed))
+    transform = mtl_train_transform(img_size)
+    dan = DAN(num_class=mtl.NUM_EXPR).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(dan.parameters(), lr=lr, weight_decay=0.05)
+    dtype = resolve_precision("auto", torch.device("cpu"))
+    dan.train()
+    start, steps, correct, seen = time.perf_counter(), 0, 0, 0
+    log(f"training a DAN stand-in for the AffectNet checkpoint on {len(labelled)} labelled synthetic frames "
+        f"(about {seconds:.0f} s)")
+    while time.perf_counter() - start < seconds:
+        for images, targets, _, _ in loader:
+            x = transform(images).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = dan(x)[0]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[:, 2].long())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            correct += int((logits.argmax(1) == targets[:, 2].long()).sum())
+            seen += len(targets)
+            if time.perf_counter() - start >= seconds:
+                break
+    dan.eval()
+    save_atomic({"model_state_dict": dan.state_dict()}, out_path)
+    log(f"DAN stand-in: {steps} steps, training accuracy {correct / max(seen, 1):.3f}; saved {out_path}")
+    return out_path
+

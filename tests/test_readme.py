@@ -1,0 +1,97 @@
+"""The README's commands run: every command in its bash blocks is either run here (with small settings appended, so it
+takes seconds) or marked in the README as needing a GPU or the real data."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+README = os.path.join(ROOT, "README.md")
+# Appended to training and evaluation commands: later flags win, so the documented command runs at a tiny size.
+SMALL = ["--epochs", "1", "--warmup-epochs", "0", "--max-steps", "2", "--img-size", "32", "--batch-size", "8",
+         "--num-workers", "0", "--precision", "fp32", "--log-interval", "1"]
+
+
+def readme_commands():
+    """Commands of the README's bash blocks, continuation lines joined, in order."""
+    with open(README) as handle:
+        text = handle.read()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.strip().startswith("#"):
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+def is_marked(command):
+    comment = command.partition("#")[2]
+    return "needs" in comment and ("GPU" in comment or "real data" in comment)
+
+
+def test_every_readme_command_is_runnable_here_or_marked():
+    commands = readme_commands()
+    assert len(commands) >= 10
+    runnable = [c for c in commands if not is_marked(c)]
+    for command in runnable:
+        assert "/data/ABAW4" not in command and "weights/" not in command, f"unmarked command needs data: {command}"
+
+
+def prepare(command, tmp_path):
+    """The command made to run in ``tmp_path`` at a small size; None for the test command itself."""
+    if command == "python -m pytest -q":
+        return None  # this very suite
+    parts = []
+    for piece in command.split("&&"):
+        argv = shlex.split(piece.partition("#")[0])
+        if argv[:2] == ["pip", "install"]:
+            continue  # the environment running the tests has installed requirements.txt already
+        argv = [a.replace("runs/", f"{tmp_path}/runs/").replace("data/synth", f"{tmp_path}/data/synth") for a in argv]
+        script = next((a for a in argv if a.endswith(".py")), None)
+        if script in ("main_mtl.py", "main_lsd.py") and "--demo" not in argv:
+            argv += SMALL
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        elif argv[0] == "torchrun":
+            argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", *argv[1:]]
+        parts.append(argv)
+    return parts
+
+
+def test_readme_commands_run_in_order(tmp_path):
+    env = dict(os.environ, ABAW_DEMO_SIZE="small", ABAW_DEMO_DATA=str(tmp_path / "demo_data"), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    ran = 0
+    for command in readme_commands():
+        if is_marked(command):
+            continue
+        prepared = prepare(command, tmp_path)
+        if prepared is None:
+            continue
+        for argv in prepared:
+            if "--demo" in argv:
+                argv += ["--output-dir", str(tmp_path / "runs" / "demo")]
+            result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            ran += 1
+    assert ran >= 7
+    assert (tmp_path / "runs" / "synth_emma_eval" / "test_predictions.txt").is_file()
+    assert (tmp_path / "runs" / "demo" / "test_metrics.json").is_file()
+
+
+@pytest.mark.parametrize("script, track", [("main_mtl.py", "mtl"), ("main_lsd.py", "lsd")])
+def test_help_documents_every_flag(script, track):
+    from utils.cli import build_parser
+
+    parser = build_parser(track, "")
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "torchrun --nproc_per_node 8" in result.stdout  # the module docstring with the exact commands
+    for action in parser._actions:
+        assert action.option_strings[0] in result.stdout
