@@ -27,9 +27,9 @@ DEMO_RUN = {
                 accum_iter=1, blr=4e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
                 num_workers=2, output_dir="runs/demo_mtl", va_lr=1e-3, log_interval=10, au_pos_weight="data",
                 tune_au_thresholds=True),
-    "lsd": dict(vit="nano", img_size=64, patch_size=8, epochs=6, warmup_epochs=1, batch_size=64, accum_iter=1,
-                blr=1e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05, num_workers=2,
-                output_dir="runs/demo_cotex", mask_ratio=0.5, lambda_js=1.0, log_interval=10),
+    "lsd": dict(vit="nano", img_size=64, patch_size=8, global_pool=True, epochs=3, warmup_epochs=0.3, batch_size=64,
+                accum_iter=1, blr=1e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
+                num_workers=2, output_dir="runs/demo_cotex", mask_ratio=0.5, log_interval=10),
 }
 
 
