@@ -20,7 +20,7 @@ DEMO_DATA = {
     "mtl": dict(videos=240, frames=100, size=64, seed=0),
     "lsd": dict(per_class=1500, size=64, seed=0),
 }
-DAN_STANDIN_SECONDS = 60
+DAN_STANDIN_SECONDS = 20
 
 DEMO_RUN = {
     "mtl": dict(vit="nano", img_size=64, patch_size=8, global_pool=True, epochs=2, warmup_epochs=0.2, batch_size=64,
