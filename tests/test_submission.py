@@ -85,3 +85,54 @@ def test_tuning_and_auto_smoothing_never_lower_validation_scores(mtl_data, tmp_p
     assert tuned["f1_au"] >= plain["f1_au"] and tuned["f1_au"] == pytest.approx(tuned["f1_au_after_tuning"])
     assert (tuned["ccc_v"] + tuned["ccc_a"]) >= (plain["ccc_v"] + plain["ccc_a"]) - 1e-9
     assert len(tuned["au_thresholds"]) == 12 and "smooth_va_window" in tuned
+
+
+def test_one_epoch_then_eval_on_data_with_the_real_quirks(mtl_data, tmp_path):
+    """CRLF endings, trailing spaces, absent images, odd video names and every missing code, end to end."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(mtl_data, data)
+    def with_missing_codes(i, row):
+        fields = row.split(",")
+        if i % 5 == 1:
+            fields[3] = "-1"
+        if i % 7 == 2:
+            fields[4:] = ["-1"] * 12
+        if i % 11 == 3:
+            fields[1:3] = ["-5", "-5"]
+        return ",".join(fields) + ("  " if i % 3 == 0 else "")
+
+    for name in ("training_set_annotations.txt", "validation_set_annotations.txt"):
+        rows = (data / name).read_text().splitlines()
+        rows = [rows[0]] + [with_missing_codes(i, row) for i, row in enumerate(rows[1:])]
+        (data / name).write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    val_rows = (data / "validation_set_annotations.txt").read_text().splitlines()[1:]
+    absent = val_rows[1].split(",")[0]
+    (data / "cropped_aligned" / absent).unlink()
+    codes = np.array([[float(x) for x in row.split(",")[1:]] for row in
+                      (data / "training_set_annotations.txt").read_text().splitlines()[1:]])
+    assert (codes[:, 0] == -5).any() and (codes[:, 2] == -1).any() and (codes[:, 3:] == -1).any()
+
+    main("mtl", "", ["--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--epochs", "1", *TINY])
+    main("mtl", "", ["--eval", "--ckpt", str(tmp_path / "run" / "checkpoints" / "last.pth"), "--data-dir", str(data),
+                     "--output-dir", str(tmp_path / "eval"), *TINY])
+    listed = (data / "MTL_Challenge_test_set_release.txt").read_text().splitlines()[1:]
+    rows = (tmp_path / "eval" / "test_predictions.txt").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == listed and all(len(r.split(",")) == 16 for r in rows[1:])
+    predicted = [row.split(",")[0] for row in (tmp_path / "eval" / "val_predictions.txt").read_text().splitlines()[1:]]
+    assert absent not in predicted and len(predicted) == len(val_rows) - 1
+    # the metrics are those of the written file: recompute the AU F1 from it by hand
+    truth = {row.split(",")[0].strip(): [float(x) for x in row.split(",")[1:]] for row in val_rows}
+    pred = np.array([[float(x) for x in row.split(",")[4:]] for row in
+                     (tmp_path / "eval" / "val_predictions.txt").read_text().splitlines()[1:]])
+    true = np.array([truth[name][3:] for name in predicted])
+    f1s = []
+    for au in range(12):
+        known = true[:, au] != -1
+        tp = ((pred[known, au] == 1) & (true[known, au] == 1)).sum()
+        fp = ((pred[known, au] == 1) & (true[known, au] == 0)).sum()
+        fn = ((pred[known, au] == 0) & (true[known, au] == 1)).sum()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    metrics = json.loads((tmp_path / "eval" / "val_metrics.json").read_text())
+    assert metrics["f1_au"] == pytest.approx(np.mean(f1s), abs=1e-9)
