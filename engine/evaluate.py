@@ -1,26 +1,41 @@
 """Prediction over a split, exact under any number of processes.
 
-Each rank predicts its DistributedSampler shard (never ``drop_last``); the outputs travel with their dataset indices
-and rank 0 puts them back in dataset order, so the padding the sampler adds disappears and no sample is lost.
+The split is cut into the batches one process would use (in order, the last one short, never dropped) and the
+batches are dealt to the ranks in turn. Each sample is therefore computed in exactly the batch it would be in without
+distribution, so the files are byte-identical whatever the number of processes (floating-point results of a batched
+matrix product can depend on the batch's size and contents). Outputs travel with their dataset indices and rank 0
+puts them back in order; nothing is padded and nothing is lost.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from datasets.images import collate_uint8
 from utils import dist
 
 
+class ShardedBatches(Sampler):
+    """The single-process batches of a split, in order, every ``world``-th one from ``rank``."""
+
+    def __init__(self, size: int, batch_size: int, rank: int, world: int):
+        starts = range(0, size, batch_size)
+        self.batches = [list(range(start, min(start + batch_size, size))) for start in starts][rank::world]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=False,
-                                 drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_uint8, pin_memory=device.type == "cuda", drop_last=False,
-                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+    batches = ShardedBatches(len(dataset), batch_size, dist.rank(), dist.world_size())
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_uint8,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
 
 
 @torch.inference_mode()

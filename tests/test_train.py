@@ -191,3 +191,13 @@ def test_eval_with_two_processes_writes_files_identical_to_one_process_on_an_odd
     one, two = (json.loads((tmp_path / run / "val_metrics.json").read_text()) for run in ("one", "two"))
     assert one["counts"] == two["counts"] and one["p_mtl"] == pytest.approx(two["p_mtl"], abs=1e-9)
     assert len((tmp_path / "one" / "val_predictions.txt").read_text().splitlines()) == len(rows)
+
+
+@pytest.mark.parametrize("size, batch, world", [(11, 4, 2), (1, 4, 3), (7, 3, 8), (12, 4, 3), (0, 4, 2)])
+def test_eval_shards_are_the_single_process_batches_and_cover_every_sample_once(size, batch, world):
+    from engine.evaluate import ShardedBatches
+
+    single = ShardedBatches(size, batch, 0, 1).batches
+    assert [i for b in single for i in b] == list(range(size))
+    shards = [ShardedBatches(size, batch, rank, world).batches for rank in range(world)]
+    assert sorted(map(tuple, (b for shard in shards for b in shard))) == sorted(map(tuple, single))
