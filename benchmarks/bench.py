@@ -34,6 +34,8 @@ from datasets.images import collate_uint8  # noqa: E402
 from engine.evaluate import eval_loader, predict  # noqa: E402
 from engine.runner import (  # noqa: E402
     build_model,
+    choose_attention_kernel,
+    keep_freed_memory,
     load_for_eval,
     make_autocast,
     make_train_loader,
@@ -93,6 +95,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def run_settings(opts, device: torch.device) -> dict:
+    """What every measurement records about where it ran (the load average tells whether the machine was shared)."""
+    return dict(device=device_name(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                malloc="default" if opts.default_malloc else "keep_freed", load_avg_1m=round(os.getloadavg()[0], 2))
+
+
 def precision_name(dtype) -> str:
     return "fp32" if dtype is None else str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace(
         "float16", "fp16")
@@ -136,6 +144,16 @@ class RepeatedBatches:
             yield (self.images, *fields, [])
 
 
+def pick_attention(opts, model, device: torch.device, dtype) -> bool:
+    """The entry points' choice of attention kernel, or the one --attention forces; returns whether it is fused."""
+    if opts.attention == "auto":
+        return choose_attention_kernel(model, device, dtype)
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = opts.attention == "fused"
+    return opts.attention == "fused"
+
+
 def count_train_flops(task, model, transform, batch: tuple, autocast, device) -> float:
     """Floating-point operations of one training forward and backward per image (matrix products and convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -173,6 +191,7 @@ def bench_train(opts) -> None:
     dtype = resolve_precision(args.precision, device)
     autocast = make_autocast(device, dtype)
     model = build_model(task, task.model_config()).to(device)
+    fused_attention = pick_attention(opts, model, device, dtype)
     lr = scaled_lr(args.blr, args.batch_size, opts.accum_iter, 1)
     optimizer = build_optimizer(task.param_groups(model), lr, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -202,8 +221,8 @@ def bench_train(opts) -> None:
                     accum_iter=opts.accum_iter, steps=opts.steps, warmup=opts.warmup,
                     mask_ratio=args.mask_ratio if opts.model == "cotex" else None,
                     vit_num=args.vit_num if opts.model == "cotex" else None, img_size=args.img_size,
-                    frame_size=opts.frame_size, precision=precision_name(dtype), device=device_name(device),
-                    threads=torch.get_num_threads(), compile=opts.compile, torch=torch.__version__)
+                    frame_size=opts.frame_size, precision=precision_name(dtype), compile=opts.compile,
+                    fused_attention=fused_attention, **run_settings(opts, device))
     records = []
     for run in range(opts.repeat):
         reset_peak_memory(device)
@@ -253,8 +272,8 @@ def bench_data(opts) -> None:
 
     run_batches(opts.warmup)  # starts the workers and fills their prefetch queues
     settings = dict(bench="data", batch_size=opts.batch_size, workers=opts.workers, batches=opts.batches,
-                    img_size=args.img_size, frames=len(train_set), device=device_name(device),
-                    threads=torch.get_num_threads(), transform=repr(transform), torch=torch.__version__)
+                    img_size=args.img_size, frames=len(train_set), transform=repr(transform),
+                    **run_settings(opts, device))
     records = []
     for run in range(opts.repeat):
         seconds, images_done = run_batches(opts.batches)
@@ -281,6 +300,7 @@ def bench_eval(opts) -> None:
     autocast = make_autocast(device, dtype)
     model = load_for_eval(task, opts.ckpt, args) if opts.ckpt else build_model(task, task.model_config())
     model.to(device)
+    fused_attention = pick_attention(opts, model, device, dtype)
     if opts.compile:
         model = torch.compile(model)
     transform = task.eval_transform()
@@ -304,8 +324,7 @@ def bench_eval(opts) -> None:
         run(opts.warmup)
     settings = dict(bench="eval", model=opts.model, vit=opts.vit, batch_size=opts.batch_size, img_size=args.img_size,
                     data=opts.data_dir or "random", checkpoint=opts.ckpt, precision=precision_name(dtype),
-                    device=device_name(device), threads=torch.get_num_threads(), compile=opts.compile,
-                    torch=torch.__version__)
+                    compile=opts.compile, fused_attention=fused_attention, **run_settings(opts, device))
     records = []
     for index in range(opts.repeat):
         reset_peak_memory(device)
@@ -325,6 +344,8 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit-num", type=int, default=2, help="CoTEX's number of ViTs (default: %(default)s)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
+    parser.add_argument("--attention", choices=["auto", "fused", "plain"], default="auto",
+                        help="timm's attention kernel; auto: as the entry points choose (default: %(default)s)")
     parser.add_argument("--frame-size", type=int, default=112,
                         help="side of the random uint8 frames, before the transform (default: %(default)s, as "
                              "s-Aff-Wild2's cropped-aligned frames)")
@@ -335,6 +356,8 @@ def common_flags(parser: argparse.ArgumentParser, warmup: int) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     parser.add_argument("--warmup", type=int, default=warmup, help="unmeasured steps first (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1, help="measurements; the final line is the best")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's memory thresholds as they are (measures what keep_freed_memory gains)")
 
 
 def build_cli() -> argparse.ArgumentParser:
@@ -375,6 +398,8 @@ def build_cli() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     opts = build_cli().parse_args(argv)
+    if not opts.default_malloc:
+        keep_freed_memory()  # as the entry points do
     if opts.threads:
         torch.set_num_threads(opts.threads)
     {"train": bench_train, "data": bench_data, "eval": bench_eval}[opts.command](opts)

@@ -14,11 +14,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from utils.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# OpenCV 4.10 and later decode straight to RGB; older versions decode BGR, converted after.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 class ImageDecodeError(UserError):
@@ -28,18 +30,20 @@ class ImageDecodeError(UserError):
 def decode_image(path: str) -> torch.Tensor:
     """Read an image file as a (3, H, W) uint8 RGB tensor; raise :class:`ImageDecodeError` naming the file."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as err:
         raise ImageDecodeError(f"cannot read image {path}: {err.strerror or err}") from None
-    if data.size == 0:
+    if not data:
         raise ImageDecodeError(f"image {path} is empty (0 bytes)")
     # libjpeg fills a truncated JPEG with grey and only warns; the end-of-image marker tells the file is complete.
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
         raise ImageDecodeError(f"image {path} is a truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _IMREAD_RGB or cv2.IMREAD_COLOR)
     if image is None:
         raise ImageDecodeError(f"image {path} could not be decoded (not an image?)")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if _IMREAD_RGB is None:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return torch.from_numpy(image).permute(2, 0, 1)
 
 
@@ -70,9 +74,9 @@ def collate_uint8(batch):
                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         images.append(image)
     fields = [torch.stack([torch.as_tensor(sample[i]) for sample in kept]) for i in range(1, len(kept[0]))]
-    # Stacked as decoded, height-width-channel: the batch is (B,3,H,W) in channels-last layout, which the uint8
-    # resize of the training transform wants.
-    stacked = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    # Stacked as decoded, height-width-channel, so the batch is (B,3,H,W) in the channels-last layout that the uint8
+    # resize of the training transform wants; default_collate writes it straight into shared memory in a worker.
+    stacked = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
     return (stacked, *fields, dropped)
 
 

@@ -1,21 +1,26 @@
 """The reference's image transforms, applied to whole uint8 batches on the device.
 
 The reference used per-image torchvision transforms on PIL images in the loader workers. Here the loader delivers
-uint8 batches and the transforms below run on the device, one batched call each, with every random parameter drawn
+uint8 batches and the transforms below run on the device, one call per batch, with every random parameter drawn
 per sample as the per-image transforms did:
 
 - MTL train: resize to 1.04x, ColorJitter(0.4, 0.4, 0.4, 0.1) with probability 0.2, random crop, horizontal flip p 0.5,
   ImageNet normalisation; eval: resize, normalisation.
 - LSD train: resize to 1.02x, random crop, flip; eval: resize, normalisation.
 
-Training batches stay uint8 until the last step on the CPU, as the reference's PIL images did: PyTorch's SIMD uint8
-resize is about ten times faster there than its float resize, and crops and flips of uint8 move a quarter of the
-bytes. Jittered samples are converted to float, jittered and rounded back. The last step turns uint8 into normalised
-floats in one multiply-add. On a GPU (no uint8 resize kernel) the same steps run on floats in [0, 255]. Evaluation
-resizes in float, exactly as torchvision's tensor ``Resize``.
+How training batches are made fast (on two CPU cores the transform, not decoding, bounds the loader):
 
-Random parameters are drawn from the global CPU torch generator, where the per-sample crops need them as numbers
-(drawing them on a GPU would make the host wait for it), so a run's saved RNG state fixes the augmentation too.
+- The resize runs on uint8 in channels-last layout (the layout the loader delivers), PyTorch's SIMD kernel: ten times
+  faster than its float resize, and it rounds to uint8 as the reference's PIL resize did. On a GPU, which has no uint8
+  resize, the same steps run on floats in 0..255.
+- Only the jittered samples (20%) become floats in [0, 1]; the jitter's four ops are a few elementwise passes each,
+  per sample, in that sample's own order.
+- Crop, flip and normalisation are one pass per sample, straight into the channels-last float batch the model gets:
+  no index tensors, and the normalisation multiply-add runs on the sample while it is still in cache.
+
+Evaluation resizes in float, exactly as torchvision's tensor ``Resize``. Random parameters come from the global CPU
+torch generator, where the per-sample crops need them as numbers (drawing them on a GPU would make the host wait for
+it); a run's saved RNG state fixes the augmentation too.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, PIL's "L" conversion used by the reference's ColorJitter
-HUE_SECTOR_OFFSETS = (5.0, 3.0, 1.0)  # HSV -> RGB: channel = V - C * ramp((offset + 6 * hue) mod 6), for R, G, B
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -48,11 +52,6 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def _layout(images: torch.Tensor):
-    return torch.channels_last if images.dim() == 4 and images.is_contiguous(
-        memory_format=torch.channels_last) and not images.is_contiguous() else torch.contiguous_format
-
-
 def _crop_params(batch: int, height: int, width: int, size: int, flip_p: float) -> list[tuple[int, int, bool]]:
     """(top, left, flip) per sample: RandomCrop's uniform position, then RandomHorizontalFlip's coin."""
     tops = torch.randint(0, height - size + 1, (batch,)).tolist()
@@ -61,26 +60,13 @@ def _crop_params(batch: int, height: int, width: int, size: int, flip_p: float) 
     return list(zip(tops, lefts, flips))
 
 
-def _window(image: torch.Tensor, top: int, left: int, flip: bool, size: int) -> torch.Tensor:
-    window = image[:, top:top + size, left:left + size]
-    return window.flip(-1) if flip else window
-
-
-def random_crop_flip(images: torch.Tensor, size: int, flip_p: float = 0.0) -> torch.Tensor:
-    """A (size, size) crop at an independent uniform position per sample, then a horizontal flip with probability
-    ``flip_p`` per sample (torchvision's RandomCrop then RandomHorizontalFlip). Any dtype; the layout is kept."""
-    batch, channels, height, width = images.shape
-    out = torch.empty((batch, channels, size, size), dtype=images.dtype, device=images.device,
-                      memory_format=_layout(images))
-    # One window copy per sample: no index tensors, and each copy reads only the pixels it keeps.
-    for index, (top, left, flip) in enumerate(_crop_params(batch, height, width, size, flip_p)):
-        out[index].copy_(_window(images[index], top, left, flip, size))
-    return out
-
-
 def random_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """A (size, size) crop at an independent uniform position per sample."""
-    return random_crop_flip(images, size)
+    """A (size, size) crop at an independent uniform position per sample (one slice copy each, no index tensors)."""
+    batch, channels, height, width = images.shape
+    out = images.new_empty((batch, channels, size, size))
+    for index, (top, left, _) in enumerate(_crop_params(batch, height, width, size, 0.0)):
+        out[index].copy_(images[index, :, top:top + size, left:left + size])
+    return out
 
 
 def _adjust_hue(images: torch.Tensor, shift) -> torch.Tensor:
@@ -103,19 +89,17 @@ def _adjust_hue(images: torch.Tensor, shift) -> torch.Tensor:
     hue = torch.lerp(hue, g - b, r_is_max)
     # Grey pixels (chroma 0) get h = 0 and come back unchanged, since their chroma scales the rotation.
     hue.div_(chroma.clamp(min=torch.finfo(chroma.dtype).tiny))
-    per_sample = torch.is_tensor(shift)
-    shift = shift.view(-1, 1, 1) if per_sample else shift
     # With x = h - ((channel hue - 6 shift) mod 6), in (-7, 5), the circular distance is d = 3 - |3 - |x|| (where
     # this is negative, the true distance is under 1 and both give the same clamp), so
-    # V - C * clamp(d - 1, 0, 1) == (V - 2C) + C * clamp(|3 - |x||, 1, 2).
-    base = value - 2 * chroma
-    out = torch.empty_like(images)
-    for channel, own_hue in enumerate((0.0, 2.0, 4.0)):
-        centre = own_hue - 6 * shift
-        centre = centre - 6 * torch.floor(centre / 6) if per_sample else centre % 6
-        folded = (hue - centre).abs_().sub_(3).abs_().clamp_(1, 2)
-        torch.addcmul(base, chroma, folded, out=out.select(-3, channel))
-    return out
+    # V - C * clamp(d - 1, 0, 1) == (V - 2C) + C * clamp(|3 - |x||, 1, 2). The three channels go in one tensor.
+    own_hue = images.new_tensor([0.0, 2.0, 4.0]).view(3, 1, 1)
+    if torch.is_tensor(shift):
+        centre = own_hue - 6 * shift.view(-1, 1, 1, 1).to(images)
+        centre = centre - 6 * torch.floor(centre / 6)
+    else:
+        centre = (own_hue - 6 * shift) % 6
+    folded = (hue.unsqueeze(-3) - centre).abs_().sub_(3).abs_().clamp_(1, 2)
+    return torch.addcmul(torch.add(value, chroma, alpha=-2).unsqueeze(-3), chroma.unsqueeze(-3), folded)
 
 
 def _jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float):
@@ -163,11 +147,46 @@ def color_jitter(images: torch.Tensor, brightness: float, contrast: float, satur
     return out
 
 
+def _normalisation_rows(size: int, device, from_255: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet normalisation as (scale, shift) rows for an image row of ``size`` RGB pixels (R, G, B repeating)."""
+    std = torch.tensor(IMAGENET_STD)
+    scale = 1 / (255 * std) if from_255 else 1 / std
+    shift = -torch.tensor(IMAGENET_MEAN) / std
+    return scale.repeat(size).to(device), shift.repeat(size).to(device)
+
+
+def _crop_flip_normalise(pixels: torch.Tensor, replaced: dict, crops, size: int) -> torch.Tensor:
+    """Crop, flip and normalise each sample of a (B,H,W,3) batch of 0..255 values into a channels-last float
+    (B,3,size,size) batch; samples in ``replaced`` come instead from the given (H,W,3) floats in [0, 1].
+
+    One sample at a time, in height-width-channel order: each window is read once, its float copy is still in cache
+    for the multiply-add, and the multiply-add runs along whole contiguous image rows.
+    """
+    batch = pixels.shape[0]
+    out = torch.empty((batch, size, size, 3), device=pixels.device)
+    scale_255, shift = _normalisation_rows(size, pixels.device, from_255=True)
+    scale_1, _ = _normalisation_rows(size, pixels.device, from_255=False)
+    # views made once: the loop body is four calls, which matters at 64 samples a batch
+    sources = list(pixels.unbind(0))
+    for index, image in replaced.items():
+        sources[index] = image
+    samples = zip(sources, out.unbind(0), out.view(batch, size, size * 3).unbind(0), crops)
+    for index, (source, target, rows, (top, left, flip)) in enumerate(samples):
+        window = source[top:top + size, left:left + size]
+        target.copy_(window.flip(1) if flip else window)
+        torch.addcmul(shift, rows, scale_1 if index in replaced else scale_255, out=rows)
+    return out.permute(0, 3, 1, 2)
+
+
 class BatchTransform:
-    """Callable turning a uint8 (B,3,H,W) batch on the device into a normalised float batch for the model."""
+    """Callable turning a uint8 (B,3,H,W) batch on the device into a normalised float batch for the model.
+
+    Memory layout (``channels_last``): None gives each path its cheaper one, channels-last for training (the models
+    compute the same either way, and the frozen DAN wants it) and contiguous for evaluation; True or False forces one.
+    """
 
     def __init__(self, img_size: int = 224, train: bool = False, resize_ratio: float = 1.0, jitter=None,
-                 jitter_p: float = 0.0, flip_p: float = 0.0, channels_last: bool = False):
+                 jitter_p: float = 0.0, flip_p: float = 0.0, channels_last: bool | None = None):
         self.img_size = img_size
         self.train = train
         # The reference wrote the enlarged size as int(224 * ratio); round() keeps 1.04 -> 233 as ABAW4.md states.
@@ -180,11 +199,11 @@ class BatchTransform:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"expected a uint8 batch, got {images.dtype}")
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if not self.train:
             # a contiguous float batch: the float resize is twice as slow on channels-last input
             x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-            return normalise(resize(x, self.img_size)).contiguous(memory_format=memory_format)
+            x = normalise(resize(x, self.img_size))
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         # uint8 on the CPU (its fast uint8 resize); floats in 0..255 on devices without a uint8 resize kernel
         x = resize(images if images.device.type == "cpu" else images.float(), self.resize_to)
         batch, _, height, width = x.shape
@@ -194,22 +213,10 @@ class BatchTransform:
             factors, order = _jitter_params(len(chosen), *self.jitter)
             for row, index in enumerate(chosen):
                 image = x[index].to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-                jittered[index] = _jitter_image_(image, factors[row], order[row])
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-        shift = -torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1) / std
-        scale_255, scale_1 = 1 / (255 * std), 1 / std
-        out = torch.empty((batch, 3, self.img_size, self.img_size), device=x.device, memory_format=memory_format)
-        # Crop, flip and normalise one sample at a time: each window is read once and its float copy is still in
-        # cache for the multiply-add.
-        for index, (top, left, flip) in enumerate(_crop_params(batch, height, width, self.img_size, self.flip_p)):
-            target = out[index]
-            if index in jittered:
-                target.copy_(_window(jittered[index], top, left, flip, self.img_size))
-                target.mul_(scale_1).add_(shift)
-            else:
-                target.copy_(_window(x[index], top, left, flip, self.img_size))
-                target.mul_(scale_255).add_(shift)
-        return out
+                jittered[index] = _jitter_image_(image, factors[row], order[row]).permute(1, 2, 0)
+        crops = _crop_params(batch, height, width, self.img_size, self.flip_p)
+        out = _crop_flip_normalise(x.permute(0, 2, 3, 1), jittered, crops, self.img_size)
+        return out if self.channels_last is not False else out.contiguous()
 
     def __repr__(self) -> str:
         parts = [f"img_size={self.img_size}", f"train={self.train}", f"resize_to={self.resize_to}"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -46,6 +47,9 @@ def predict(task, model, loader, transform, autocast, device, desc: str = "predi
     An undecodable image raises (naming the file) unless ``allow_missing``, in which case its row is marked
     unpredicted for the caller to fill.
     """
+    # Ranks may hold different numbers of batches: run the bare module, since a DDP forward can start collectives
+    # (buffer broadcasts) that would wait for a rank with no batch left.
+    model = model.module if isinstance(model, DistributedDataParallel) else model
     model.eval()
     total = len(loader.dataset)
     indices, outputs = [], []

@@ -14,6 +14,8 @@ from datasets.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     _adjust_hue,
+    _crop_params,
+    _jitter_params,
     color_jitter,
     eval_transform,
     lsd_train_transform,
@@ -213,3 +215,27 @@ def test_color_jitter_hue_matches_torchvision_and_probability_zero_is_identity()
     changed = color_jitter(images, 0.4, 0.4, 0.4, 0.1, p=1.0)
     assert changed.shape == images.shape and not torch.equal(changed, images)
     assert changed.min() >= 0 and changed.max() <= 1
+
+
+def test_train_transform_is_torchvisions_per_image_pipeline_with_per_sample_parameters():
+    # resize (uint8, rounded as PIL) -> ColorJitter in each sample's own order -> crop -> flip -> normalise
+    images = torch.randint(0, 256, (24, 3, 20, 20), dtype=torch.uint8)
+    torch.manual_seed(11)
+    out = mtl_train_transform(16)(images)
+    torch.manual_seed(11)  # replay the draws: jitter coin per sample, jitter factors and order, crop and flip
+    chosen = torch.nonzero(torch.rand(24) < 0.2).flatten().tolist()
+    factors, order = _jitter_params(len(chosen), 0.4, 0.4, 0.4, 0.1)
+    crops = _crop_params(24, 17, 17, 16, 0.5)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(24):
+        expected = TF.resize(images[i], [17, 17], antialias=True).float() / 255
+        if i in chosen:
+            row = chosen.index(i)
+            for op in order[row]:
+                expected = ops[op](expected, factors[row][op])
+        top, left, flip = crops[i]
+        expected = expected[:, top:top + 16, left:left + 16]
+        expected = TF.normalize(expected.flip(-1) if flip else expected, IMAGENET_MEAN, IMAGENET_STD)
+        # torchvision's grey uses 0.2989 where PIL (the reference) uses 0.299
+        torch.testing.assert_close(out[i], expected, atol=1e-3, rtol=0)
+    assert 0 < len(chosen) < 24 and len({flip for _, _, flip in crops}) == 2

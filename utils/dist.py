@@ -90,9 +90,9 @@ def broadcast_object(obj):
 def gather_by_index(indices: np.ndarray, outputs: np.ndarray, total: int, allow_missing: bool = False):
     """Reassemble per-sample outputs computed on all ranks into dataset order.
 
-    Rank 0 gets ``(outputs (total, ...), predicted mask)``, the others ``(None, None)``. Each index lands in its own row,
-    so a sample predicted twice (a padded shard) counts once. A missing index is an error (a silently short file is
-    worse) unless ``allow_missing``.
+    Rank 0 gets ``(outputs (total, ...), predicted mask)``, the others ``(None, None)``. Each index lands in its own
+    row, so a sample predicted twice (a padded shard) counts once. A missing index is an error (a silently short file
+    is worse) unless ``allow_missing``.
     """
     parts = [(indices, outputs)]
     if is_distributed():

@@ -1,0 +1,85 @@
+"""benchmarks/bench.py runs each measurement and reports it as JSON lines (tiny sizes; speed itself is not tested)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+TINY_MODEL = ["--vit", "nano", "--img-size", "32", "--patch-size", "8", "--frame-size", "16", "--precision", "fp32",
+              "--device", "cpu", "--default-malloc"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "benchmarks", "bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def check_measurements(records, runs, **settings):
+    """``runs`` measurement lines, then a final line holding the best of them; all with a positive speed."""
+    assert len(records) == runs + 1
+    *measurements, final = records
+    assert [record["run"] for record in measurements] == list(range(runs))
+    assert final["final"] is True and final["runs"] == runs
+    assert final["img_per_s"] == max(record["img_per_s"] for record in measurements) > 0
+    for record in records:
+        for key, value in settings.items():
+            assert record[key] == value
+
+
+@pytest.mark.parametrize("model, extra", [("emma", []), ("cotex", ["--mask-ratio", "0.5"])])
+def test_train_reports_speed_step_time_memory_and_settings(bench, capsys, model, extra):
+    bench.main(["train", "--model", model, *TINY_MODEL, "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                "--repeat", "2", *extra])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 2, bench="train", model=model, batch_size=2, precision="fp32", steps=1)
+    for record in records:
+        assert record["step_s"] > 0 and record["peak_mem_mb"] > 0 and record["train_gflop_per_img"] > 0
+    assert records[0]["mask_ratio"] == (0.5 if model == "cotex" else None)
+
+
+def test_data_counts_normalised_batches_of_the_training_loader(bench, capsys, mtl_data):
+    bench.main(["data", "--data-dir", str(mtl_data), "--batch-size", "4", "--workers", "0", "--batches", "2",
+                "--warmup", "1", "--img-size", "32", "--device", "cpu", "--default-malloc"])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 1, bench="data", batch_size=4, workers=0)
+    assert "train=True" in records[-1]["transform"] and records[-1]["batch_ms"] > 0
+
+
+def test_eval_reports_inference_speed_on_random_frames(bench, capsys):
+    bench.main(["eval", "--model", "cotex", *TINY_MODEL, "--batch-size", "3", "--steps", "2", "--warmup", "0"])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 1, bench="eval", model="cotex", data="random")
+    assert records[-1]["images"] == 6
+
+
+def test_eval_predicts_a_validation_split(bench, capsys, mtl_data):
+    bench.main(["eval", "--model", "emma", *TINY_MODEL, "--batch-size", "8", "--warmup", "0", "--workers", "0",
+                "--data-dir", str(mtl_data)])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 1, bench="eval", data=str(mtl_data))
+    with open(os.path.join(mtl_data, "validation_set_annotations.txt")) as handle:
+        assert records[-1]["images"] == len(handle.read().split()) - 1
+
+
+def test_runs_as_a_script_and_its_last_line_is_the_final_result():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, os.path.join("benchmarks", "bench.py"), "train", "--model", "cotex",
+                             *TINY_MODEL[:-1],
+                             "--batch-size", "2", "--steps", "1", "--warmup", "1", "--threads", "1", "--no-flops"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = json_lines(result.stdout)
+    assert records[-1]["final"] is True and records[-1]["img_per_s"] > 0
+    assert records[-1]["malloc"] == "keep_freed" and records[-1]["threads"] == 1
+    assert "train_gflop_per_img" not in records[-1]
