@@ -54,6 +54,8 @@ def prepare(command, tmp_path):
         script = next((a for a in argv if a.endswith(".py")), None)
         if script in ("main_mtl.py", "main_lsd.py") and "--demo" not in argv:
             argv += SMALL
+        if script == "benchmarks/bench.py":
+            argv += ["--vit", "nano", "--img-size", "32", "--patch-size", "8", "--steps", "1"]
         if argv[0] == "python":
             argv[0] = sys.executable
         elif argv[0] == "torchrun":
