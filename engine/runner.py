@@ -189,13 +189,18 @@ class StopOnSignal:
         return False
 
 
-def train(args) -> None:
+def start_run(args, per_rank_seed: bool):
+    """What every run does first: memory policy, process group and device, task, output directory, seed, precision."""
     keep_freed_memory()
     device = dist.setup(args.device)
     task = make_task(args)
     prepare_output_dir(args)
-    seed_everything(args.seed + dist.rank())
-    dtype = resolve_precision(args.precision, device)
+    seed_everything(args.seed + (dist.rank() if per_rank_seed else 0))
+    return device, task, resolve_precision(args.precision, device)
+
+
+def train(args) -> None:
+    device, task, dtype = start_run(args, per_rank_seed=True)
     autocast = make_autocast(device, dtype)
 
     train_set, train_names = task.train_split()
@@ -344,12 +349,7 @@ def _gather_rng() -> list:
 
 def evaluate_only(args) -> None:
     """``--eval``: a checkpoint (this project's or the authors' released files) to metrics and submission files."""
-    keep_freed_memory()
-    device = dist.setup(args.device)
-    task = make_task(args)
-    prepare_output_dir(args)
-    seed_everything(args.seed)
-    dtype = resolve_precision(args.precision, device)
+    device, task, dtype = start_run(args, per_rank_seed=False)
     path = args.ckpt or _default_eval_checkpoint(args, task)
     model = load_for_eval(task, path, args)
     model.to(device)
