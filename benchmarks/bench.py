@@ -15,6 +15,10 @@ Every measurement runs the project's own code, not a copy of it: ``train`` calls
 training transform, on random uint8 frames; ``data`` iterates the training loader of ``engine.runner`` over an MTL
 data directory and applies the training transform, counting the normalised float batches on the device; ``eval``
 runs ``engine.evaluate.predict`` with the evaluation transform.
+
+Fast paths can be switched off to measure what they gain: ``--precision fp32`` (bf16 autocast is the default where
+the device computes it), ``--attention fused|plain`` (the entry points pick per device and precision),
+``--default-malloc`` (glibc's own memory thresholds instead of ``keep_freed_memory``).
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ def count_train_flops(task, model, transform, batch: tuple, autocast, device) ->
     return counter.get_total_flops() / images.shape[0]
 
 
-def summarise(kind: str, records: list[dict]) -> None:
+def summarise(records: list[dict]) -> None:
     """The final line: the best measurement, with every run's speed and the spread between them."""
     speeds = [record["img_per_s"] for record in records]
     best = max(records, key=lambda record: record["img_per_s"])
@@ -236,7 +240,7 @@ def bench_train(opts) -> None:
                 record["mfu"] = round(img_per_s * gflop / 1e3 / peak_tflops, 4)
         records.append(record)
         emit(record)
-    summarise("train", records)
+    summarise(records)
 
 
 def bench_data(opts) -> None:
@@ -281,7 +285,7 @@ def bench_data(opts) -> None:
                       batch_ms=round(seconds / opts.batches * 1e3, 2))
         records.append(record)
         emit(record)
-    summarise("data", records)
+    summarise(records)
 
 
 def bench_eval(opts) -> None:
@@ -333,7 +337,7 @@ def bench_eval(opts) -> None:
                       peak_mem_mb=round(peak_memory_mb(device), 1))
         records.append(record)
         emit(record)
-    summarise("eval", records)
+    summarise(records)
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:
