@@ -194,7 +194,7 @@ def bench_train(opts) -> None:
     task = make_task(args)
     dtype = resolve_precision(args.precision, device)
     autocast = make_autocast(device, dtype)
-    model = build_model(task, task.model_config()).to(device)
+    model = build_model(task.model_config()).to(device)
     fused_attention = pick_attention(opts, model, device, dtype)
     lr = scaled_lr(args.blr, args.batch_size, opts.accum_iter, 1)
     optimizer = build_optimizer(task.param_groups(model), lr, device)
@@ -302,7 +302,7 @@ def bench_eval(opts) -> None:
     task = make_task(args)
     dtype = resolve_precision(args.precision, device)
     autocast = make_autocast(device, dtype)
-    model = load_for_eval(task, opts.ckpt, args) if opts.ckpt else build_model(task, task.model_config())
+    model = load_for_eval(task, opts.ckpt, args) if opts.ckpt else build_model(task.model_config())
     model.to(device)
     fused_attention = pick_attention(opts, model, device, dtype)
     if opts.compile:

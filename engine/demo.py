@@ -55,7 +55,8 @@ def configure(args, parser) -> None:
     track = args.track
     settings = dict(DEMO_RUN[track], **(SMALL_RUN if small() else {}))
     for key, value in settings.items():
-        if getattr(args, key) == parser.get_default(key):  # a flag the user gave wins
+        derived = key == "batch_size" and getattr(args, "batch_size_from_mask", False)
+        if derived or getattr(args, key) == parser.get_default(key):  # a flag the user gave wins
             setattr(args, key, value)
     if args.data_dir is None:
         args.data_dir = data_root(track)
@@ -66,8 +67,6 @@ def configure(args, parser) -> None:
             generate = synthetic.generate_mtl if track == "mtl" else synthetic.generate_lsd
             generate(args.data_dir, **params)
             log(f"generated in {time.perf_counter() - start:.0f} s")
-    if args.track == "lsd" and args.batch_size is None:
-        args.batch_size = 64
     if track == "mtl" and args.dan_ckpt is None and not args.eval:
         # Stage 1 in miniature: a DAN trained on the synthetic expressions stands in for the AffectNet checkpoint.
         args.dan_ckpt = f"{args.data_dir.rstrip('/')}_dan_standin_{args.img_size}px.pth"

@@ -21,6 +21,7 @@ from engine.evaluate import eval_loader, predict
 from engine.report import write_evaluation
 from engine.tasks import make_task
 from engine.train import LoopConfig, TrainState, train_one_epoch
+from models import build_model
 from utils import dist
 from utils.checkpoint import capture_rng, load_checkpoint, restore_rng, save_atomic
 from utils.errors import UserError
@@ -131,12 +132,6 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def build_model(task, config: dict):
-    from models import build_model as build
-
-    return build(config)
-
-
 def checkpoint_dir(args) -> str:
     return os.path.join(args.output_dir, "checkpoints")
 
@@ -210,7 +205,7 @@ def train(args) -> None:
     resume_path = _resume_path(args)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     config = checkpoint["model_config"] if checkpoint else task.model_config()
-    model = build_model(task, config)
+    model = build_model(config)
     if checkpoint:
         unwrap(model).load_state_dict(checkpoint["model"])
     else:
@@ -370,7 +365,6 @@ def _default_eval_checkpoint(args, task) -> str:
 
 def load_for_eval(task, path: str, args):
     """Rebuild the model from a checkpoint: this project's carry their model config; released files use the flags."""
-    from models import build_model as build
     from models.cotex import load_cotex_checkpoint
     from models.emma import load_emma_checkpoint
     from models.weights import load_exactly
@@ -380,7 +374,7 @@ def load_for_eval(task, path: str, args):
         config = checkpoint["model_config"]
         if config.get("name") != ("emma" if args.track == "mtl" else "cotex"):
             raise UserError(f"{path} holds a {config.get('name')} model, not one for this entry point")
-        model = build(config)
+        model = build_model(config)
         load_exactly(model, checkpoint["model"], path, f"{config['name']} ({config.get('vit_size')})")
         if args.track == "mtl" and checkpoint.get("au_thresholds"):
             task.au_thresholds = list(checkpoint["au_thresholds"])
@@ -388,7 +382,7 @@ def load_for_eval(task, path: str, args):
     config = task.model_config()
     if args.track == "lsd" and "state_dicts" in checkpoint:
         config["vit_num"] = len(checkpoint["state_dicts"])
-    model = build(config)
+    model = build_model(config)
     loader = load_emma_checkpoint if args.track == "mtl" else load_cotex_checkpoint
     loader(model, path, log=log)  # by path, so that errors name the file
     return model

@@ -27,6 +27,17 @@ def _write_atomic(path: str, lines: list[str]) -> None:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
 
 
+def _read_rows(path: str, header: str, images) -> list[str]:
+    """The lines of a written prediction file, after checking its header and that it has a row per listed image."""
+    with open(path) as handle:
+        rows = handle.read().splitlines()
+    if not rows or rows[0] != header:
+        raise RuntimeError(f"{path}: wrong header {rows[:1]}")
+    if len(rows) - 1 != len(images):
+        raise RuntimeError(f"{path}: {len(rows) - 1} rows for {len(images)} listed images")
+    return rows
+
+
 def write_mtl_predictions(path: str, images, va: np.ndarray, expr: np.ndarray, aus: np.ndarray) -> None:
     """Write an MTL prediction file and check it (header, one row per image in order, 16 fields, value ranges)."""
     images = [str(image) for image in images]
@@ -46,12 +57,7 @@ def write_mtl_predictions(path: str, images, va: np.ndarray, expr: np.ndarray, a
 
 def check_mtl_file(path: str, images) -> None:
     """Re-read an MTL prediction file and verify it against the list it was made for."""
-    with open(path) as handle:
-        rows = handle.read().splitlines()
-    if not rows or rows[0] != mtl.SUBMISSION_HEADER:
-        raise RuntimeError(f"{path}: wrong header {rows[:1]}")
-    if len(rows) - 1 != len(images):
-        raise RuntimeError(f"{path}: {len(rows) - 1} rows for {len(images)} listed images")
+    rows = _read_rows(path, mtl.SUBMISSION_HEADER, images)
     for number, (row, image) in enumerate(zip(rows[1:], images), start=2):
         fields = row.split(",")
         # An image path may itself contain commas only in theory; the released names never do.
@@ -76,12 +82,7 @@ def write_lsd_predictions(path: str, images, classes: np.ndarray) -> None:
 
 
 def check_lsd_file(path: str, images) -> None:
-    with open(path) as handle:
-        rows = handle.read().splitlines()
-    if not rows or rows[0] != lsd.SUBMISSION_HEADER:
-        raise RuntimeError(f"{path}: wrong header {rows[:1]}")
-    if len(rows) - 1 != len(images):
-        raise RuntimeError(f"{path}: {len(rows) - 1} rows for {len(images)} listed images")
+    rows = _read_rows(path, lsd.SUBMISSION_HEADER, images)
     valid = {str(i) for i in range(lsd.NUM_CLASSES)}
     for number, (row, image) in enumerate(zip(rows[1:], images), start=2):
         name, _, label = row.rpartition(",")

@@ -61,11 +61,7 @@ class MTLTask:
         load_paths = images.copy()
         self.filled_rows = []
         if not present.all():
-            missing = images[~present]
-            if not self.args.allow_missing:
-                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-                raise UserError(f"{len(missing)} test-list images are missing under {self.image_root()}: {shown}; "
-                                f"restore them, or pass --allow-missing to fill them from the nearest frame")
+            require_present(images, present, self.image_root(), self.args.allow_missing)
             replacement = mtl.nearest_frames(self.image_root(), images, ~present)
             load_paths = np.array([replacement.get(image, image) for image in images], dtype=object)
             self.filled_rows = [int(i) for i in np.flatnonzero(~present)]
@@ -160,6 +156,15 @@ class MTLTask:
                                    np.tile((np.array(au_rate) >= 0.5).astype(int), (n, 1)), targets)
 
 
+def require_present(images, present, root: str, allow_missing: bool) -> None:
+    """A test list naming absent images is an error, unless ``--allow-missing`` (the rows are filled later)."""
+    missing = images[~present]
+    if len(missing) and not allow_missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UserError(f"{len(missing)} test-list images are missing under {root}: {shown}; restore them, or pass "
+                        f"--allow-missing to fill them from stand-ins")
+
+
 def data_pos_weight(aus: np.ndarray) -> list[float]:
     """Negatives / positives per AU over the labelled entries (the rule behind BCE pos_weight), at least 1e-3."""
     weights = []
@@ -203,16 +208,9 @@ class LSDTask:
         root = self._split_dir(self.args.test_dir)
         if not os.path.isdir(root):
             raise UserError(f"LSD test image folder not found: {root}; set --test-dir")
-        present = mtl.list_available(root, images)
+        require_present(images, mtl.list_available(root, images), root, self.args.allow_missing)
         self.filled_rows = []
-        if not present.all():
-            missing = images[~present]
-            if not self.args.allow_missing:
-                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-                raise UserError(f"{len(missing)} test-list images are missing under {root}: {shown}; restore them "
-                                f"or pass --allow-missing")
         self.test_images = images
-        self.test_present = present
         return ImageListDataset(root, images, skip_bad=self.args.allow_missing)
 
     def train_transform(self):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 # The reference recipes (ABAW4.md).
 MTL_DEFAULTS = dict(output_dir="runs/emma", epochs=30, warmup_epochs=5, batch_size=100, accum_iter=4, blr=5e-4,
@@ -214,7 +213,8 @@ def parse_args(track: str, description: str, argv=None) -> argparse.Namespace:
         if args.mae_ckpt and args.vit_num % len(args.mae_ckpt) != 0:
             parser.error(f"--vit-num {args.vit_num} is not divisible by the number of --mae-ckpt files "
                          f"({len(args.mae_ckpt)}); give one checkpoint, or one per ViT")
-        if args.batch_size is None:
+        args.batch_size_from_mask = args.batch_size is None
+        if args.batch_size_from_mask:
             # The reference grows the batch with the mask ratio, since dropped tokens free memory.
             args.batch_size = min(64 * int(1 / (1 - args.mask_ratio)), 4096)
     if args.device == "cuda":
@@ -224,8 +224,3 @@ def parse_args(track: str, description: str, argv=None) -> argparse.Namespace:
             parser.error("--device cuda but no CUDA device is available (use --device cpu or auto)")
     return args
 
-
-def fail(message: str, status: int = 2) -> None:
-    """End the program with one line on stderr (user errors)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(status)
