@@ -20,15 +20,15 @@ DEMO_DATA = {
     "mtl": dict(videos=240, frames=100, size=64, seed=0),
     "lsd": dict(per_class=1500, size=64, seed=0),
 }
-DAN_STANDIN_SECONDS = 20
+DAN_STANDIN_STEPS = 60
 
 DEMO_RUN = {
-    "mtl": dict(vit="nano", img_size=64, patch_size=8, global_pool=True, epochs=2, warmup_epochs=0.2, batch_size=64,
-                accum_iter=1, blr=4e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
+    "mtl": dict(vit="nano", img_size=56, patch_size=8, patch_embed="hybrid", global_pool=True, epochs=3,
+                warmup_epochs=0.4, batch_size=64, accum_iter=1, blr=2e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
                 num_workers=2, output_dir="runs/demo_mtl", va_lr=1e-3, log_interval=10, au_pos_weight="data",
                 tune_au_thresholds=True),
-    "lsd": dict(vit="nano", img_size=64, patch_size=8, global_pool=True, epochs=3, warmup_epochs=0.3, batch_size=64,
-                accum_iter=1, blr=1e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
+    "lsd": dict(vit="nano", img_size=64, patch_size=8, patch_embed="hybrid", global_pool=True, epochs=3,
+                warmup_epochs=0.3, batch_size=64, accum_iter=1, blr=2e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
                 num_workers=2, output_dir="runs/demo_cotex", mask_ratio=0.5, log_interval=10),
 }
 
@@ -36,7 +36,7 @@ DEMO_RUN = {
 # ABAW_DEMO_SIZE=small: a seconds-long version of the same pipeline, for tests of the documented commands.
 SMALL_DATA = {"mtl": dict(videos=6, frames=12, size=32, seed=0), "lsd": dict(per_class=8, size=32, seed=0)}
 SMALL_RUN = dict(img_size=32, epochs=1, warmup_epochs=0, batch_size=8, max_steps=3, num_workers=0)
-SMALL_DAN_STANDIN_SECONDS = 1
+SMALL_DAN_STANDIN_STEPS = 2
 
 
 def small() -> bool:
@@ -69,12 +69,12 @@ def configure(args, parser) -> None:
             log(f"generated in {time.perf_counter() - start:.0f} s")
     if track == "mtl" and args.dan_ckpt is None and not args.eval:
         # Stage 1 in miniature: a DAN trained on the synthetic expressions stands in for the AffectNet checkpoint.
-        args.dan_ckpt = f"{args.data_dir.rstrip('/')}_dan_standin_{args.img_size}px.pth"
+        steps = SMALL_DAN_STANDIN_STEPS if small() else DAN_STANDIN_STEPS
+        args.dan_ckpt = f"{args.data_dir.rstrip('/')}_dan_standin_{args.img_size}px_{steps}steps.pth"
         if dist.is_main() and not os.path.isfile(args.dan_ckpt):
             from engine.standin import train_dan_standin
 
-            seconds = SMALL_DAN_STANDIN_SECONDS if small() else DAN_STANDIN_SECONDS
-            train_dan_standin(args.data_dir, args.dan_ckpt, args.img_size, seconds=seconds,
+            train_dan_standin(args.data_dir, args.dan_ckpt, args.img_size, steps=steps,
                               num_workers=args.num_workers, seed=args.seed)
 
 

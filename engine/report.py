@@ -20,13 +20,19 @@ from utils.checkpoint import load_checkpoint, save_atomic
 from utils.monitor import RunMonitor, log, warn, write_json
 
 
-def write_evaluation(task, model, args, device, autocast, val_loader=None, checkpoint_path=None) -> dict | None:
-    """Predict validation and test, write every output file; returns the validation metrics on rank 0."""
+def write_evaluation(task, model, args, device, autocast, val_loader=None, checkpoint_path=None,
+                     val_outputs=None, skip_val_prediction=False) -> dict | None:
+    """Predict validation and test, write every output file; returns the validation metrics on rank 0.
+
+    ``skip_val_prediction``: the caller already has the model's validation predictions (training keeps those of its
+    best epoch) and passes them as ``val_outputs`` on rank 0; every rank must pass the same flag.
+    """
     batch = args.eval_batch_size or 2 * args.batch_size
-    if val_loader is None:
-        val_loader = eval_loader(task.val_split(), batch, args.num_workers, device)
     transform = task.eval_transform()
-    val_outputs, _ = predict(task, model, val_loader, transform, autocast, device, desc="validation")
+    if not skip_val_prediction:
+        if val_loader is None:
+            val_loader = eval_loader(task.val_split(), batch, args.num_workers, device)
+        val_outputs, _ = predict(task, model, val_loader, transform, autocast, device, desc="validation")
 
     test_list = task.test_list()
     test_outputs = test_seen = None

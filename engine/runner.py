@@ -273,6 +273,9 @@ def train(args) -> None:
                      "au_thresholds": getattr(task, "au_thresholds", None)},
                     os.path.join(checkpoint_dir(args), name))
 
+    main_metric = next(iter(task.best_metrics))
+    # validation outputs of the best epoch, when this process ran it (not when it resumed after it); rank 0 holds them
+    best_val_known, best_val_outputs = False, None
     with StopOnSignal(state) as stopper:
         while state.epoch < args.epochs:
             sampler.skip = state.batch_in_epoch * args.batch_size
@@ -305,6 +308,8 @@ def train(args) -> None:
                 log(f"epoch {state.epoch}: loss {stats['losses'].get('loss', float('nan')):.4f}, "
                     f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s; val {summary}")
             improved = dist.broadcast_object(improved)
+            if main_metric in improved:
+                best_val_known, best_val_outputs = True, outputs
             state.epoch += 1
             state.batch_in_epoch = 0
             save("last.pth", record.get("val"))
@@ -313,14 +318,15 @@ def train(args) -> None:
     monitor.close()
 
     # The files a user hands in come from the best checkpoint of the main metric, exactly as --eval would make them.
-    main_metric = next(iter(task.best_metrics))
     best_path = os.path.join(checkpoint_dir(args), f"best_{main_metric}.pth")
     dist.barrier()
     final = load_checkpoint(best_path if os.path.isfile(best_path) else os.path.join(checkpoint_dir(args),
                                                                                        "last.pth"))
     unwrap(model).load_state_dict(final["model"])
     log(f"writing predictions with {os.path.basename(best_path)} (epoch {final['epoch'] - 1})")
-    write_evaluation(task, unwrap(model), args, device, autocast, val_loader=val_loader)
+    write_evaluation(task, unwrap(model), args, device, autocast, val_loader=val_loader,
+                     val_outputs=best_val_outputs if best_val_known and os.path.isfile(best_path) else None,
+                     skip_val_prediction=best_val_known and os.path.isfile(best_path))
     dist.cleanup()
 
 

@@ -9,6 +9,7 @@ so EMMA loads it through ``--dan-ckpt`` like the real one.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -25,9 +26,10 @@ from utils.checkpoint import save_atomic
 from utils.monitor import log
 
 
-def train_dan_standin(data_dir: str, out_path: str, img_size: int, seconds: float, batch_size: int = 64,
+def train_dan_standin(data_dir: str, out_path: str, img_size: int, steps: int, batch_size: int = 64,
                       lr: float = 2e-3, num_workers: int = 2, seed: int = 0) -> str:
-    """Train a DAN on the expression labels of ``data_dir``'s training split for about ``seconds``; save it."""
+    """Train a DAN on the expression labels of ``data_dir``'s training split for ``steps`` updates (a short warm-up,
+    then a cosine decay to zero); save it."""
     torch.manual_seed(seed)
     annotations = mtl.load_split(data_dir, mtl.TRAIN_FILE, log=lambda _: None)
     labelled = np.flatnonzero(annotations.targets[:, 2] >= 0)
@@ -38,12 +40,15 @@ def train_dan_standin(data_dir: str, out_path: str, img_size: int, seconds: floa
     transform = mtl_train_transform(img_size)
     dan = DAN(num_class=mtl.NUM_EXPR).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(dan.parameters(), lr=lr, weight_decay=0.05)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
     dtype = resolve_precision("auto", torch.device("cpu"))
     dan.train()
-    start, steps, correct, seen = time.perf_counter(), 0, 0, 0
-    log(f"training a DAN stand-in for the AffectNet checkpoint on {len(labelled)} labelled synthetic frames "
-        f"(about {seconds:.0f} s)")
-    while time.perf_counter() - start < seconds:
+    start, step, correct, seen = time.perf_counter(), 0, 0, 0
+    log(f"training a DAN stand-in for the AffectNet checkpoint: {steps} steps on {len(labelled)} labelled synthetic "
+        "frames")
+    while step < steps:
         for images, targets, _, _ in loader:
             x = transform(images).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -52,13 +57,16 @@ def train_dan_standin(data_dir: str, out_path: str, img_size: int, seconds: floa
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            steps += 1
-            correct += int((logits.argmax(1) == targets[:, 2].long()).sum())
-            seen += len(targets)
-            if time.perf_counter() - start >= seconds:
+            schedule.step()
+            step += 1
+            if step > steps // 2:  # accuracy over the second half, when the model has learned something
+                correct += int((logits.argmax(1) == targets[:, 2].long()).sum())
+                seen += len(targets)
+            if step == steps:
                 break
     dan.eval()
     save_atomic({"model_state_dict": dan.state_dict()}, out_path)
-    log(f"DAN stand-in: {steps} steps, training accuracy {correct / max(seen, 1):.3f}; saved {out_path}")
+    log(f"DAN stand-in: {steps} steps in {time.perf_counter() - start:.0f} s, training accuracy over the second half "
+        f"{correct / max(seen, 1):.3f}; saved {out_path}")
     return out_path
 

@@ -27,15 +27,17 @@ from utils.errors import UserError
 
 class CoTEX(nn.Module):
     def __init__(self, vit_num: int = 2, num_classes: int = 6, vit_size: str = 'base', img_size: int = 224,
-                 drop_path: float = 0.1, global_pool: bool = False, patch_size: int | None = None):
+                 drop_path: float = 0.1, global_pool: bool = False, patch_size: int | None = None,
+                 patch_embed: str = 'linear'):
         super().__init__()
         if vit_num < 1:
             raise UserError(f'CoTEX needs at least one ViT, got vit_num={vit_num}')
         self.config = dict(name='cotex', vit_num=vit_num, num_classes=num_classes, vit_size=vit_size,
-                           img_size=img_size, drop_path=drop_path, global_pool=global_pool, patch_size=patch_size)
+                           img_size=img_size, drop_path=drop_path, global_pool=global_pool, patch_size=patch_size,
+                           patch_embed=patch_embed)
         self.vits = nn.ModuleList(
             build_vit(vit_size, img_size, num_classes=num_classes, drop_path=drop_path, global_pool=global_pool,
-                      patch_size=patch_size)
+                      patch_size=patch_size, patch_embed=patch_embed)
             for _ in range(vit_num))
 
     @classmethod

@@ -15,6 +15,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torchvision.models import resnet18
 
 from models.weights import compare_keys, describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
 from utils.errors import UserError
@@ -71,9 +72,33 @@ class MaskedViT(VisionTransformer):
         return self.norm(tokens)
 
 
+PATCH_EMBEDS = ('linear', 'hybrid')
+_HYBRID_STAGES = {8: 2, 16: 3, 32: 4}  # patch size -> ResNet-18 stages whose total stride it is
+
+
+def hybrid_stem(patch_size: int, embed_dim: int) -> nn.Sequential:
+    """The ViT paper's hybrid patch embedding (Dosovitskiy et al., 2021, section 3.1): the first stages of a
+    ResNet-18 (stem, then as many stages as make the patch size's stride), whose feature map's cells are the tokens,
+    projected to the embedding width by a 1x1 convolution.
+
+    Meant for training from scratch, where the convolutions' locality makes a small ViT learn in far fewer steps;
+    MAE weights belong to the patchify layer, so they cannot initialise it.
+    """
+    if patch_size not in _HYBRID_STAGES:
+        raise UserError(f'the hybrid patch embedding needs patch size 8, 16 or 32 (a ResNet stride), got {patch_size}')
+    stages = _HYBRID_STAGES[patch_size]
+    trunk = resnet18(weights=None)
+    layers = [trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool] + [getattr(trunk, f'layer{i}') for i in
+                                                                     range(1, stages + 1)]
+    return nn.Sequential(*layers, nn.Conv2d(64 << (stages - 1), embed_dim, kernel_size=1))
+
+
 def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,
-              global_pool: bool = False, patch_size: int | None = None) -> MaskedViT:
-    """A ViT of a preset size; ``num_classes=0`` leaves no head (callers attach their own)."""
+              global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear') -> MaskedViT:
+    """A ViT of a preset size; ``num_classes=0`` leaves no head (callers attach their own).
+
+    ``patch_embed='hybrid'`` swaps the patchify layer for ResNet-18 stages (:func:`hybrid_stem`).
+    """
     if size not in VIT_PRESETS:
         raise UserError(f'unknown ViT size {size!r}; choose one of {", ".join(VIT_PRESETS)}')
     preset = dict(VIT_PRESETS[size])
@@ -81,9 +106,14 @@ def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, dro
         preset['patch_size'] = patch_size
     if img_size < preset['patch_size']:
         raise UserError(f'image size {img_size} is smaller than the ViT patch size {preset["patch_size"]}')
-    return MaskedViT(
+    if patch_embed not in PATCH_EMBEDS:
+        raise UserError(f'unknown patch embedding {patch_embed!r}; choose one of {", ".join(PATCH_EMBEDS)}')
+    vit = MaskedViT(
         img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path, mlp_ratio=4.0, qkv_bias=True,
         global_pool='avg' if global_pool else 'token', norm_layer=partial(nn.LayerNorm, eps=1e-6), **preset)
+    if patch_embed == 'hybrid':
+        vit.patch_embed.proj = hybrid_stem(preset['patch_size'], vit.embed_dim)
+    return vit
 
 
 def read_mae_state_dict(source) -> tuple[dict[str, Tensor], str]:
@@ -110,6 +140,9 @@ def load_mae_weights(vit: MaskedViT, source, log=print, name: str | None = None)
     embeddings are resampled to this model's grid. Any other missing key or any shape mismatch is a UserError.
     Returns ``{'source', 'loaded', 'not_loaded', 'ignored', 'pos_embed_resampled'}``.
     """
+    if isinstance(vit.patch_embed.proj, nn.Sequential):
+        raise UserError('MAE weights fit the patchify layer, not the hybrid patch embedding; '
+                        'use --patch-embed linear with --mae-ckpt')
     state, source_name = read_mae_state_dict(source)
     source_name = name or source_name
     own = vit.state_dict()

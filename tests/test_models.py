@@ -297,6 +297,42 @@ def test_mask_ratio_out_of_range_or_keeping_nothing_is_a_user_error(mask_ratio):
         vit(images(1, 64), mask_ratio)
 
 
+@pytest.mark.parametrize('patch_size', [8, 16, 32])
+def test_hybrid_patch_embedding_is_resnet18_stages_on_the_patchify_grid(patch_size):
+    vit = build_vit('nano', img_size=64, num_classes=6, patch_size=patch_size, patch_embed='hybrid')
+    trunk = torchvision.models.resnet18()
+    stages = {8: 'layer2', 16: 'layer3', 32: 'layer4'}[patch_size]
+    names = [name for name, _ in trunk.named_children()]
+    kept = names[:names.index(stages) + 1]
+    stem = vit.patch_embed.proj
+    assert [type(m) for m in stem[:-1]] == [type(getattr(trunk, name)) for name in kept]
+    trunk_state = {k: v for k, v in trunk.state_dict().items() if k.split('.')[0] in kept}
+    assert [v.shape for v in stem[:-1].state_dict().values()] == [v.shape for v in trunk_state.values()]
+    grid = 64 // patch_size
+    assert vit.patch_embed(images(2, 64)).shape == (2, grid * grid, NANO['embed_dim'])
+
+
+def test_hybrid_patch_embedding_masks_tokens_like_the_patchify_one():
+    vit = build_vit('nano', img_size=64, num_classes=6, drop_path=0.0, patch_size=8, patch_embed='hybrid').train()
+    x = images(3, 64)
+    assert vit.patch_embed(x).shape == (3, 64, NANO['embed_dim'])
+    seen = blocks_input_recorder(vit)
+    assert vit(x, 0.5).shape == (3, 6)
+    assert seen[0].shape == (3, 32 + 1, NANO['embed_dim'])
+    vit.eval()
+    assert torch.equal(vit(x, 0.5), VisionTransformer.forward(vit, x))
+
+
+def test_hybrid_patch_embedding_refuses_other_patch_sizes_and_mae_weights():
+    with pytest.raises(UserError, match='patch size 8, 16 or 32'):
+        build_vit('nano', img_size=60, patch_size=12, patch_embed='hybrid')
+    with pytest.raises(UserError, match='unknown patch embedding'):
+        build_vit('nano', img_size=64, patch_embed='resnet50')
+    mae = build_vit('nano', img_size=64).state_dict()
+    with pytest.raises(UserError, match='--patch-embed linear'):
+        load_mae_weights(build_vit('nano', img_size=64, patch_embed='hybrid'), mae, log=lambda _: None)
+
+
 def test_unknown_vit_size_is_a_user_error():
     with pytest.raises(UserError, match='unknown ViT size'):
         build_vit('gigantic')
@@ -573,9 +609,9 @@ def test_cotex_mae_sources_are_shared_out_in_order(tmp_path):
 
 @pytest.mark.parametrize('config', [
     {'name': 'emma', 'vit_size': 'nano', 'img_size': 32, 'drop_path': 0.0, 'global_pool': False,
-     'patch_size': None},
+     'patch_size': None, 'patch_embed': 'linear'},
     {'name': 'cotex', 'vit_num': 3, 'num_classes': 6, 'vit_size': 'nano', 'img_size': 32, 'drop_path': 0.1,
-     'global_pool': True, 'patch_size': 8},
+     'global_pool': True, 'patch_size': 8, 'patch_embed': 'hybrid'},
 ])
 def test_build_model_from_its_saved_config_and_state_dict_reproduces_it(tmp_path, config):
     model = build_model(config).eval()

@@ -83,6 +83,23 @@ def test_val_metrics_match_an_independent_recomputation_from_the_files(mtl_run, 
     assert metrics["f1_au"] == pytest.approx(np.mean(per_au), abs=1e-9)
 
 
+def test_mtl_constant_baseline_scores_the_best_constants_as_recomputed_independently(mtl_data):
+    task = MTLTask(parse_args("mtl", "", ["--data-dir", str(mtl_data)]))
+    test = np.loadtxt(mtl_data / "test_set_annotations.txt", delimiter=",", skiprows=1, usecols=range(1, 16))
+    train = np.loadtxt(mtl_data / "training_set_annotations.txt", delimiter=",", skiprows=1, usecols=range(1, 16))
+    baseline = task.constant_baseline(test)
+    assert baseline["ccc_v"] == pytest.approx(0.0, abs=1e-12) and baseline["ccc_a"] == pytest.approx(0.0, abs=1e-12)
+    labelled = train[:, 2] >= 0
+    mode = np.bincount(train[labelled, 2].astype(int)).argmax()
+    known = test[:, 2] >= 0
+    assert baseline["f1_expr"] == pytest.approx(f1_score(test[known, 2], np.full(known.sum(), mode), average="macro",
+                                                         labels=list(range(8)), zero_division=0), abs=1e-9)
+    # every AU predicted present: F1 = 2p / (1 + p) with p the AU's positive rate among its labelled frames
+    rates = [(test[test[:, 3 + i] >= 0, 3 + i] == 1).mean() for i in range(12)]
+    assert baseline["f1_au"] == pytest.approx(np.mean([2 * p / (1 + p) for p in rates]), abs=1e-9)
+    assert baseline["f1_au"] > 0
+
+
 def test_resume_auto_continues_with_the_right_epoch_and_step(mtl_data, tmp_path):
     common = ["--data-dir", str(mtl_data), "--output-dir", str(tmp_path), *TINY]
     main("mtl", "", common + ["--epochs", "1"])

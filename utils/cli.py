@@ -111,6 +111,10 @@ def build_parser(track: str, description: str) -> OneLineParser:
          help="input resolution (default: %(default)s)")
     _add(model, "--patch-size", type=_positive_int, default=None, metavar="PX",
          help="ViT patch size (default: the size's own, 16; 14 for huge)")
+    _add(model, "--patch-embed", choices=["linear", "hybrid"], default="linear",
+         help="linear: the ViT's patchify layer, as the reference (MAE weights need it); hybrid: ResNet-18 stages "
+              "down to the patch grid (patch 8, 16 or 32), the ViT paper's hybrid, which learns from scratch in far "
+              "fewer steps (default: %(default)s)")
     _add(model, "--global-pool", action="store_true",
          help="average-pool the patch tokens (fc_norm) instead of the class token used by the reference")
     _add(model, "--drop-path", aliases=["--drop_path_rate", "--drop_path"], type=_ratio, default=defaults["drop_path"],
