@@ -21,7 +21,7 @@ DEMO_DATA = {
     "mtl": dict(videos=240, frames=100, size=64, seed=0),
     "lsd": dict(per_class=1500, size=64, seed=0),
 }
-DAN_STANDIN_STEPS = 60
+DAN_STANDIN_STEPS = 40
 
 # The ViT is the nano size with the hybrid patch embedding (ResNet-18 stages down to an 8 px grid): trained from
 # scratch on two CPU cores, a patchify ViT stays near constant predictions for several hundred steps on this data,
