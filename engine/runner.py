@@ -320,13 +320,13 @@ def train(args) -> None:
     # The files a user hands in come from the best checkpoint of the main metric, exactly as --eval would make them.
     best_path = os.path.join(checkpoint_dir(args), f"best_{main_metric}.pth")
     dist.barrier()
-    final = load_checkpoint(best_path if os.path.isfile(best_path) else os.path.join(checkpoint_dir(args),
-                                                                                       "last.pth"))
+    has_best = os.path.isfile(best_path)
+    final = load_checkpoint(best_path if has_best else os.path.join(checkpoint_dir(args), "last.pth"))
     unwrap(model).load_state_dict(final["model"])
     log(f"writing predictions with {os.path.basename(best_path)} (epoch {final['epoch'] - 1})")
+    reuse = best_val_known and has_best
     write_evaluation(task, unwrap(model), args, device, autocast, val_loader=val_loader,
-                     val_outputs=best_val_outputs if best_val_known and os.path.isfile(best_path) else None,
-                     skip_val_prediction=best_val_known and os.path.isfile(best_path))
+                     val_outputs=best_val_outputs if reuse else None, skip_val_prediction=reuse)
     dist.cleanup()
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from datasets import mtl
 from datasets.images import collate_uint8
 from datasets.transforms import mtl_train_transform
-from engine.runner import resolve_precision
+from engine.runner import make_autocast, resolve_precision
 from models.dan import DAN
 from utils.checkpoint import save_atomic
 from utils.monitor import log
@@ -43,7 +43,7 @@ def train_dan_standin(data_dir: str, out_path: str, img_size: int, steps: int, b
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
-    dtype = resolve_precision("auto", torch.device("cpu"))
+    autocast = make_autocast(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")))
     dan.train()
     start, step, correct, seen = time.perf_counter(), 0, 0, 0
     log(f"training a DAN stand-in for the AffectNet checkpoint: {steps} steps on {len(labelled)} labelled synthetic "
@@ -51,7 +51,7 @@ def train_dan_standin(data_dir: str, out_path: str, img_size: int, steps: int, b
     while step < steps:
         for images, targets, _, _ in loader:
             x = transform(images).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast():
                 logits = dan(x)[0]
             loss = torch.nn.functional.cross_entropy(logits.float(), targets[:, 2].long())
             optimizer.zero_grad(set_to_none=True)

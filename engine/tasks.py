@@ -78,8 +78,7 @@ class MTLTask:
     def model_config(self) -> dict:
         a = self.args
         return dict(name="emma", vit_size=a.vit, img_size=a.img_size, drop_path=a.drop_path,
-                    global_pool=a.global_pool, patch_size=a.patch_size,
-                    patch_embed=a.patch_embed)
+                    global_pool=a.global_pool, patch_size=a.patch_size, patch_embed=a.patch_embed)
 
     def load_pretrained(self, model) -> None:
         from models.dan import load_dan_weights

@@ -26,12 +26,10 @@ VA_HEAD_HIDDEN = 256  # reference: Linear(28, 256), ReLU, Linear(256, 2), no tan
 
 class EMMA(nn.Module):
     def __init__(self, vit_size: str = 'base', img_size: int = 224, drop_path: float = 0.1,
-                 global_pool: bool = False, patch_size: int | None = None,
-                 patch_embed: str = 'linear'):
+                 global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear'):
         super().__init__()
         self.config = dict(name='emma', vit_size=vit_size, img_size=img_size, drop_path=drop_path,
-                           global_pool=global_pool, patch_size=patch_size,
-                           patch_embed=patch_embed)
+                           global_pool=global_pool, patch_size=patch_size, patch_embed=patch_embed)
         self.vit = build_vit(vit_size, img_size, num_classes=0, drop_path=drop_path, global_pool=global_pool,
                              patch_size=patch_size, patch_embed=patch_embed)
         self.vit.head = nn.Sequential(nn.Linear(self.vit.embed_dim, VIT_HEAD_HIDDEN), nn.ReLU(),
