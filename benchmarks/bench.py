@@ -12,9 +12,10 @@ Warm-up steps run first and are not measured.
 
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
-training transform, on random uint8 frames; ``data`` iterates the training loader of ``engine.runner`` over an MTL
-data directory and applies the training transform, counting the normalised float batches on the device; ``eval``
-runs ``engine.evaluate.predict`` with the evaluation transform.
+input transform, on random uint8 crops of the model's size (what the training loader delivers); ``data`` iterates the
+training loader of ``engine.runner`` over an MTL data directory (decoding and augmentation in its workers) and applies
+the input transform, counting the normalised float batches on the device; ``eval`` runs ``engine.evaluate.predict``
+with the input transform, which resizes the frames.
 
 Fast paths can be switched off to measure what they gain: ``--precision fp32`` (bf16 autocast is the default where
 the device computes it), ``--attention fused|plain`` (the entry points pick per device and precision),
@@ -201,8 +202,9 @@ def bench_train(opts) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # The lr of the middle of a run (after warm-up): the optimizer does the same arithmetic at any lr.
     schedule = WarmupCosine(lr, args.min_lr, 0, args.epochs)
-    transform = task.train_transform()
-    batch = random_frames(task.name, args.batch_size, opts.frame_size, 0, torch.Generator().manual_seed(0))
+    transform = task.input_transform()
+    # what the training loader delivers: uint8 crops of the model's size, augmented in its workers
+    batch = random_frames(task.name, args.batch_size, args.img_size, 0, torch.Generator().manual_seed(0))
     gflop = count_train_flops(task, model, transform, batch, autocast, device) / 1e9 if opts.flops else None
     if opts.compile:
         model = torch.compile(model)
@@ -225,7 +227,7 @@ def bench_train(opts) -> None:
                     accum_iter=opts.accum_iter, steps=opts.steps, warmup=opts.warmup,
                     mask_ratio=args.mask_ratio if opts.model == "cotex" else None,
                     vit_num=args.vit_num if opts.model == "cotex" else None, img_size=args.img_size,
-                    frame_size=opts.frame_size, precision=precision_name(dtype), compile=opts.compile,
+                    precision=precision_name(dtype), compile=opts.compile,
                     fused_attention=fused_attention, **run_settings(opts, device))
     records = []
     for run in range(opts.repeat):
@@ -248,10 +250,11 @@ def bench_data(opts) -> None:
     args = project_args("emma", ["--data-dir", opts.data_dir, "--img-size", str(opts.img_size)])
     task = make_task(args)
     train_set, _ = task.train_split()
-    loader, sampler = make_train_loader(train_set, opts.batch_size, opts.workers, device, seed=0)
+    augment = task.train_augment()
+    loader, sampler = make_train_loader(train_set, augment, opts.batch_size, opts.workers, device, seed=0)
     if len(loader) == 0:
         raise SystemExit(f"error: {opts.data_dir} has fewer training frames than one batch of {opts.batch_size}")
-    transform = task.train_transform()
+    transform = task.input_transform()
     epoch = 0
 
     def batches():
@@ -276,7 +279,7 @@ def bench_data(opts) -> None:
 
     run_batches(opts.warmup)  # starts the workers and fills their prefetch queues
     settings = dict(bench="data", batch_size=opts.batch_size, workers=opts.workers, batches=opts.batches,
-                    img_size=args.img_size, frames=len(train_set), transform=repr(transform),
+                    img_size=args.img_size, frames=len(train_set), augment=repr(augment),
                     **run_settings(opts, device))
     records = []
     for run in range(opts.repeat):
@@ -307,7 +310,7 @@ def bench_eval(opts) -> None:
     fused_attention = pick_attention(opts, model, device, dtype)
     if opts.compile:
         model = torch.compile(model)
-    transform = task.eval_transform()
+    transform = task.input_transform()
 
     def make_loader(batches: int):
         if opts.data_dir:
@@ -350,9 +353,6 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiled in the warm-up)")
     parser.add_argument("--attention", choices=["auto", "fused", "plain"], default="auto",
                         help="timm's attention kernel; auto: as the entry points choose (default: %(default)s)")
-    parser.add_argument("--frame-size", type=int, default=112,
-                        help="side of the random uint8 frames, before the transform (default: %(default)s, as "
-                             "s-Aff-Wild2's cropped-aligned frames)")
 
 
 def common_flags(parser: argparse.ArgumentParser, warmup: int) -> None:
@@ -397,6 +397,9 @@ def build_cli() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", default=None, help="predict the validation split of this data directory "
                                                            "instead of random frames")
     evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--frame-size", type=int, default=112,
+                        help="side of the random uint8 frames, resized on the device (default: %(default)s, as "
+                             "s-Aff-Wild2's cropped-aligned frames)")
     return parser
 
 

@@ -1,9 +1,10 @@
 """Image decoding and batching shared by both tracks.
 
-Images are decoded straight to uint8 (OpenCV) and stay uint8 until they reach the device, where
-``datasets.transforms`` resizes, augments and normalises whole batches. A training sample whose file cannot be decoded
-comes back as ``None`` and is dropped by :func:`collate_uint8`, which counts it; evaluation raises instead, because a
-submission must not silently lose rows.
+Images are decoded straight to uint8 (OpenCV) and stay uint8 through the loader: training batches come augmented to
+the model's size by the loader workers, evaluation batches as decoded, and ``datasets.transforms`` normalises (and for
+evaluation resizes) whole batches on the device. A training sample whose file cannot be decoded comes back as
+``None`` and is dropped by :func:`collate_uint8`, which counts it; evaluation raises instead, because a submission
+must not silently lose rows.
 """
 
 from __future__ import annotations
@@ -53,31 +54,35 @@ def list_image_folder(folder: str) -> list[str]:
         return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
 
 
-def collate_uint8(batch):
+def collate_uint8(batch, stack_images=None):
     """Stack samples ``(image, *fields)``; drop samples whose image is ``None`` (undecodable, training only).
 
     Returns ``(images uint8 (B,3,H,W) channels-last, *stacked fields, dropped)`` where ``dropped`` lists the last field
-    (the row index) of each dropped sample. Images of another size than the batch's first are resized to it (the
-    released frames share one size, but nothing guarantees it). A batch with no decodable image gives
+    (the row index) of each dropped sample. ``stack_images`` makes the image batch of the kept samples' first fields
+    (the training loader's augmentation); by default, images of another size than the batch's first are resized to it
+    (the released frames share one size, but nothing guarantees it) and stacked. A batch with no decodable image gives
     ``(None, dropped)``.
     """
     kept = [sample for sample in batch if sample[0] is not None]
     dropped = [int(sample[-1]) for sample in batch if sample[0] is None]
     if not kept:
         return None, dropped
-    height, width = kept[0][0].shape[-2:]
-    images = []
-    for sample in kept:
-        image = sample[0]
+    images = (stack_images or _stack_uint8)([sample[0] for sample in kept])
+    fields = [torch.stack([torch.as_tensor(sample[i]) for sample in kept]) for i in range(1, len(kept[0]))]
+    return (images, *fields, dropped)
+
+
+def _stack_uint8(images: list[torch.Tensor]) -> torch.Tensor:
+    height, width = images[0].shape[-2:]
+    same_size = []
+    for image in images:
         if image.shape[-2:] != (height, width):
             image = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", antialias=True,
                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-        images.append(image)
-    fields = [torch.stack([torch.as_tensor(sample[i]) for sample in kept]) for i in range(1, len(kept[0]))]
-    # Stacked as decoded, height-width-channel, so the batch is (B,3,H,W) in the channels-last layout that the uint8
-    # resize of the training transform wants; default_collate writes it straight into shared memory in a worker.
-    stacked = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-    return (stacked, *fields, dropped)
+        same_size.append(image)
+    # Stacked as decoded, height-width-channel, so the batch is (B,3,H,W) in channels-last layout (the models compute
+    # the same in either); default_collate writes it straight into shared memory in a worker.
+    return default_collate([image.permute(1, 2, 0) for image in same_size]).permute(0, 3, 1, 2)
 
 
 def read_image_list(path: str, what: str = "test list") -> np.ndarray:

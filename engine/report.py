@@ -28,7 +28,7 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
     best epoch) and passes them as ``val_outputs`` on rank 0; every rank must pass the same flag.
     """
     batch = args.eval_batch_size or 2 * args.batch_size
-    transform = task.eval_transform()
+    transform = task.input_transform()
     if not skip_val_prediction:
         if val_loader is None:
             val_loader = eval_loader(task.val_split(), batch, args.num_workers, device)

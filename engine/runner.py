@@ -16,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datasets.images import collate_uint8
+from datasets.transforms import AugmentedDataset, EpochKeys
 from engine.evaluate import eval_loader, predict
 from engine.report import write_evaluation
 from engine.tasks import make_task
@@ -29,40 +29,26 @@ from utils.monitor import RunMonitor, log, warn, write_json
 from utils.optim import WarmupCosine, build_optimizer, scaled_lr
 
 
-class SkipFirst(torch.utils.data.Sampler):
-    """Wrap a sampler and drop the first ``skip`` indices of each epoch's order (a mid-epoch resume)."""
-
-    def __init__(self, sampler, skip: int = 0):
-        self.sampler, self.skip = sampler, skip
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        iterator = iter(self.sampler)
-        for _ in range(self.skip):
-            next(iterator, None)
-        yield from iterator
-
-    def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
-
-
-def make_train_loader(train_set, batch_size: int, num_workers: int, device: torch.device,
-                      seed: int) -> tuple[DataLoader, SkipFirst]:
-    """The training loader: this rank's shuffled shard, uint8 batches, pinned for a GPU; returns it and its sampler.
+def make_train_loader(train_set, augment, batch_size: int, num_workers: int, device: torch.device, seed: int,
+                      shard: bool = True) -> tuple[DataLoader, EpochKeys]:
+    """The training loader: this rank's shuffled shard (the whole set without ``shard``), augmented by ``augment``
+    in the workers, as uint8 batches of the model's size (pinned for a GPU); returns it and its sampler
+    (``set_epoch``, and ``skip`` for a mid-epoch resume).
 
     Workers stay alive across epochs (an epoch of small frames is short, and starting workers costs a fork and
     imports each time) and keep four batches ready each.
     """
-    sampler = SkipFirst(DistributedSampler(train_set, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
-                                           seed=seed, drop_last=True))
-    loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_uint8,
+    replicas, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
+    sampler = EpochKeys(DistributedSampler(train_set, num_replicas=replicas, rank=rank, shuffle=True, seed=seed,
+                                           drop_last=True))
+    loader_kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=augment.collate,
                          pin_memory=device.type == "cuda", drop_last=True,
-                         generator=torch.Generator().manual_seed(seed + dist.rank()))
+                         # worker seeds from the loader's own generator: creating an iterator (again after a resume)
+                         # leaves the global one, and with it the rest of the run, untouched
+                         generator=torch.Generator().manual_seed(seed + rank))
     if num_workers > 0:
         loader_kwargs.update(persistent_workers=True, prefetch_factor=4)
-    return DataLoader(train_set, sampler=sampler, **loader_kwargs), sampler
+    return DataLoader(AugmentedDataset(train_set, augment, seed), sampler=sampler, **loader_kwargs), sampler
 
 
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
@@ -249,13 +235,14 @@ def train(args) -> None:
         # EMMA's only buffers are the frozen DAN's BatchNorm statistics, identical on every rank.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_loader, sampler = make_train_loader(train_set, args.batch_size, args.num_workers, device, args.seed)
+    train_loader, sampler = make_train_loader(train_set, task.train_augment(), args.batch_size, args.num_workers,
+                                              device, args.seed)
     val_loader = eval_loader(val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device)
     if len(train_loader) == 0 and state.batch_in_epoch == 0:
         raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "
                         f"{args.batch_size} x {dist.world_size()} processes; lower --batch-size")
 
-    train_transform, val_transform = task.train_transform(), task.eval_transform()
+    input_transform = task.input_transform()
     loop = LoopConfig(accum_iter=args.accum_iter, clip_grad=args.clip_grad, log_interval=args.log_interval,
                       max_bad_fraction=args.max_bad_images, max_steps=args.max_steps)
     monitor = RunMonitor(args.output_dir)
@@ -280,7 +267,7 @@ def train(args) -> None:
         while state.epoch < args.epochs:
             sampler.skip = state.batch_in_epoch * args.batch_size
             sampler.set_epoch(state.epoch)
-            stats = train_one_epoch(task, model, train_loader, train_transform, optimizer, scaler, schedule,
+            stats = train_one_epoch(task, model, train_loader, input_transform, optimizer, scaler, schedule,
                                     autocast, device, state, loop, monitor=monitor, image_names=train_names)
             if state.stop_requested:
                 save("last.pth")
@@ -289,7 +276,7 @@ def train(args) -> None:
                 monitor.close()
                 dist.cleanup()
                 sys.exit(128 + getattr(stopper, "signum", signal.SIGTERM))
-            outputs, _ = predict(task, model, val_loader, val_transform, autocast, device, desc="validate")
+            outputs, _ = predict(task, model, val_loader, input_transform, autocast, device, desc="validate")
             record = {"epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"], "step": state.step,
                       "train": stats["losses"], "images_per_s": stats["images_per_s"], "seconds": stats["seconds"],
                       "skipped_updates": state.skipped_updates, "bad_images": state.bad_images}

@@ -15,12 +15,11 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from datasets import mtl
-from datasets.images import collate_uint8
-from datasets.transforms import mtl_train_transform
-from engine.runner import make_autocast, resolve_precision
+from datasets.transforms import BatchTransform, mtl_train_augment
+from engine.runner import make_autocast, make_train_loader, resolve_precision
 from models.dan import DAN
 from utils.checkpoint import save_atomic
 from utils.monitor import log
@@ -34,10 +33,9 @@ def train_dan_standin(data_dir: str, out_path: str, img_size: int, steps: int, b
     annotations = mtl.load_split(data_dir, mtl.TRAIN_FILE, log=lambda _: None)
     labelled = np.flatnonzero(annotations.targets[:, 2] >= 0)
     dataset = Subset(mtl.MTLDataset(os.path.join(data_dir, mtl.IMAGE_DIR), annotations), labelled)
-    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True,
-                        num_workers=num_workers,
-                        collate_fn=collate_uint8, generator=torch.Generator().manual_seed(seed))
-    transform = mtl_train_transform(img_size)
+    loader, sampler = make_train_loader(dataset, mtl_train_augment(img_size), min(batch_size, len(dataset)),
+                                        num_workers, torch.device("cpu"), seed, shard=False)
+    transform = BatchTransform(img_size)
     dan = DAN(num_class=mtl.NUM_EXPR).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(dan.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 10)
@@ -48,9 +46,12 @@ def train_dan_standin(data_dir: str, out_path: str, img_size: int, steps: int, b
     start, step, correct, seen = time.perf_counter(), 0, 0, 0
     log(f"training a DAN stand-in for the AffectNet checkpoint: {steps} steps on {len(labelled)} labelled synthetic "
         "frames")
+    epoch = 0
     while step < steps:
+        sampler.set_epoch(epoch)
+        epoch += 1
         for images, targets, _, _ in loader:
-            x = transform(images).contiguous(memory_format=torch.channels_last)
+            x = transform(images)
             with autocast():
                 logits = dan(x)[0]
             loss = torch.nn.functional.cross_entropy(logits.float(), targets[:, 2].long())

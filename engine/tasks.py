@@ -13,7 +13,7 @@ import torch
 
 from datasets import lsd, mtl
 from datasets.images import ImageListDataset
-from datasets.transforms import eval_transform, lsd_train_transform, mtl_train_transform
+from datasets.transforms import BatchTransform, lsd_train_augment, mtl_train_augment
 from engine import submission
 from utils import metrics
 from utils.errors import UserError
@@ -68,11 +68,13 @@ class MTLTask:
         self.test_images = images
         return ImageListDataset(self.image_root(), load_paths, skip_bad=self.args.allow_missing)
 
-    def train_transform(self):
-        return mtl_train_transform(self.args.img_size)
+    def train_augment(self):
+        """Per-sample training augmentation, run in the loader workers."""
+        return mtl_train_augment(self.args.img_size)
 
-    def eval_transform(self):
-        return eval_transform(self.args.img_size)
+    def input_transform(self):
+        """uint8 batch on the device -> normalised model input (training batches come at the model's size)."""
+        return BatchTransform(self.args.img_size)
 
     # ---- model
     def model_config(self) -> dict:
@@ -213,11 +215,13 @@ class LSDTask:
         self.test_images = images
         return ImageListDataset(root, images, skip_bad=self.args.allow_missing)
 
-    def train_transform(self):
-        return lsd_train_transform(self.args.img_size)
+    def train_augment(self):
+        """Per-sample training augmentation, run in the loader workers."""
+        return lsd_train_augment(self.args.img_size)
 
-    def eval_transform(self):
-        return eval_transform(self.args.img_size)
+    def input_transform(self):
+        """uint8 batch on the device -> normalised model input (training batches come at the model's size)."""
+        return BatchTransform(self.args.img_size)
 
     def model_config(self) -> dict:
         a = self.args

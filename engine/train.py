@@ -1,9 +1,10 @@
 """One training epoch, for both tracks.
 
-The loop is track-agnostic: the task object turns a batch into a loss. Per micro-batch it moves the uint8 batch to the
-device, augments it there, runs forward and backward under one autocast code path, and accumulates gradients
-(``no_sync`` on micro-batches that do not update). Per update it sets the lr from the schedule, clips, and steps every
-parameter group together. Losses stay on the device and are read only at log intervals.
+The loop is track-agnostic: the task object turns a batch into a loss. Per micro-batch it moves the uint8 batch
+(augmented by the loader workers) to the device, normalises it there, runs forward and backward under one autocast
+code path, and accumulates gradients (``no_sync`` on micro-batches that do not update). Per update it sets the lr from
+the schedule, clips, and steps every parameter group together. Losses stay on the device and are read only at log
+intervals.
 
 Two conditions are decided by all ranks together at each update: a non-finite loss or gradient (the update is skipped
 and counted; too many in a row stops the run) and a stop request (SIGTERM/SIGINT: the caller saves and exits).
