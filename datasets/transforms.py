@@ -70,7 +70,7 @@ def _blend_table(degenerate: float, factor: float) -> np.ndarray:
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
-    """PIL's RGB to "L": ITU-R 601 luma with fixed-point rounding."""
+    """RGB to grey, ITU-R 601 luma as PIL's "L" (OpenCV's fixed-point rounding, at most one level from PIL's)."""
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
