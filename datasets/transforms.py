@@ -26,6 +26,7 @@ blend does (brightness and contrast bit-exact with PIL, saturation within one le
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -56,9 +57,15 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device, images.dtype)
     return (images - mean) / std
+
+
+# Constants made once per device: a new one each batch would be a blocking host-to-device copy each step on a GPU.
+@functools.cache
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(IMAGENET_MEAN, dtype=dtype, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, dtype=dtype, device=device).view(1, 3, 1, 1))
 
 
 def _blend_table(degenerate: float, factor: float) -> np.ndarray:
@@ -99,7 +106,8 @@ def _jitter_uint8(image: np.ndarray, factors, order) -> np.ndarray:
     return image
 
 
-def _normalisation_rows(size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.cache
+def _normalisation_rows(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """ImageNet normalisation of 0..255 values as (scale, shift) rows for an image row of ``size`` RGB pixels."""
     std = torch.tensor(IMAGENET_STD)
     return (1 / (255 * std)).repeat(size).to(device), (-torch.tensor(IMAGENET_MEAN) / std).repeat(size).to(device)
