@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.images import collate_uint8  # noqa: E402
+from engine.cli import build_parser  # noqa: E402
 from engine.evaluate import eval_loader, predict  # noqa: E402
 from engine.runner import (  # noqa: E402
     build_model,
@@ -49,7 +50,6 @@ from engine.runner import (  # noqa: E402
 )
 from engine.tasks import make_task  # noqa: E402
 from engine.train import LoopConfig, TrainState, train_one_epoch  # noqa: E402
-from utils.cli import build_parser  # noqa: E402
 from utils.optim import WarmupCosine, build_optimizer, scaled_lr  # noqa: E402
 
 TRACKS = {"emma": "mtl", "cotex": "lsd"}
@@ -202,7 +202,7 @@ def bench_train(opts) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # The lr of the middle of a run (after warm-up): the optimizer does the same arithmetic at any lr.
     schedule = WarmupCosine(lr, args.min_lr, 0, args.epochs)
-    transform = task.input_transform()
+    transform = task.input_transform(args.img_size)
     # what the training loader delivers: uint8 crops of the model's size, augmented in its workers
     batch = random_frames(task.name, args.batch_size, args.img_size, 0, torch.Generator().manual_seed(0))
     gflop = count_train_flops(task, model, transform, batch, autocast, device) / 1e9 if opts.flops else None
@@ -250,11 +250,11 @@ def bench_data(opts) -> None:
     args = project_args("emma", ["--data-dir", opts.data_dir, "--img-size", str(opts.img_size)])
     task = make_task(args)
     train_set, _ = task.train_split()
-    augment = task.train_augment()
+    augment = task.train_augment(args.img_size)
     loader, sampler = make_train_loader(train_set, augment, opts.batch_size, opts.workers, device, seed=0)
     if len(loader) == 0:
         raise SystemExit(f"error: {opts.data_dir} has fewer training frames than one batch of {opts.batch_size}")
-    transform = task.input_transform()
+    transform = task.input_transform(args.img_size)
     epoch = 0
 
     def batches():
@@ -310,7 +310,7 @@ def bench_eval(opts) -> None:
     fused_attention = pick_attention(opts, model, device, dtype)
     if opts.compile:
         model = torch.compile(model)
-    transform = task.input_transform()
+    transform = task.input_transform(args.img_size)
 
     def make_loader(batches: int):
         if opts.data_dir:

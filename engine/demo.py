@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+from engine.cli import flag_name
 from utils import dist
 from utils.monitor import log
 
@@ -50,19 +51,23 @@ def data_root(track: str) -> str:
     return os.path.join(os.environ.get("ABAW_DEMO_DATA", "demo_data"), track + ("_small" if small() else ""))
 
 
-def configure(args, parser) -> None:
-    """Point the run at the cached synthetic data (generating it on first use) and apply the demo settings."""
+def run_settings(track: str) -> dict:
+    """The demo's flag values; they become the parser's defaults under ``--demo``, so typed flags win."""
+    return dict(DEMO_RUN[track], **(SMALL_RUN if small() else {}), data_dir=data_root(track))
+
+
+def configure(args) -> None:
+    """Say which demo settings the user's flags replaced, and generate the cached synthetic data on first use."""
     from datasets import synthetic
 
     args.demo_started = time.perf_counter()
     track = args.track
-    settings = dict(DEMO_RUN[track], **(SMALL_RUN if small() else {}))
-    for key, value in settings.items():
-        derived = key == "batch_size" and getattr(args, "batch_size_from_mask", False)
-        if derived or getattr(args, key) == parser.get_default(key):  # a flag the user gave wins
-            setattr(args, key, value)
-    if args.data_dir is None:
-        args.data_dir = data_root(track)
+    settings = run_settings(track)
+    overridden = [key for key in settings if key in args.typed]
+    if overridden:
+        log("demo settings replaced by your flags: " + ", ".join(
+            f"{flag_name(key)} {getattr(args, key)} (demo: {settings[key]})" for key in overridden))
+    if "data_dir" not in args.typed:
         params = (SMALL_DATA if small() else DEMO_DATA)[track]
         if dist.is_main() and not synthetic.is_generated(args.data_dir, track, **params):
             log(f"generating the demo's synthetic {track.upper()} data in {args.data_dir} (once; reused later)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from utils.cli import build_parser, parse_args
+from engine.cli import parse_args
 from utils.errors import UserError
 
 
@@ -14,7 +14,7 @@ def main(track: str, description: str, argv=None) -> None:
         if args.demo:
             from engine import demo
 
-            demo.configure(args, build_parser(track, description))
+            demo.configure(args)
         from engine.runner import evaluate_only, train
 
         if args.eval:

@@ -16,8 +16,10 @@ from datasets import mtl
 from engine import plots
 from engine.evaluate import eval_loader, predict
 from utils import dist, metrics
-from utils.checkpoint import load_checkpoint, save_atomic
+from utils.errors import UserError
 from utils.monitor import RunMonitor, log, warn, write_json
+
+AU_THRESHOLDS_FILE = "au_thresholds.json"
 
 
 def write_evaluation(task, model, args, device, autocast, val_loader=None, checkpoint_path=None,
@@ -28,7 +30,7 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
     best epoch) and passes them as ``val_outputs`` on rank 0; every rank must pass the same flag.
     """
     batch = args.eval_batch_size or 2 * args.batch_size
-    transform = task.input_transform()
+    transform = task.input_transform(model.config["img_size"])
     if not skip_val_prediction:
         if val_loader is None:
             val_loader = eval_loader(task.val_split(), batch, args.num_workers, device)
@@ -68,6 +70,22 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
     return val
 
 
+def read_au_thresholds(path: str) -> list[float]:
+    """Per-AU thresholds from a JSON file with an ``au_thresholds`` list of 12 (``au_thresholds.json`` or
+    ``val_metrics.json`` of an earlier run)."""
+    import json
+
+    try:
+        with open(path) as handle:
+            thresholds = json.load(handle)["au_thresholds"]
+        thresholds = [float(value) for value in thresholds]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--au-thresholds {path}: not a JSON file with an au_thresholds list ({err})") from None
+    if len(thresholds) != mtl.NUM_AU or not all(0.0 <= value <= 1.0 for value in thresholds):
+        raise UserError(f"--au-thresholds {path}: expected {mtl.NUM_AU} thresholds in [0, 1], got {thresholds}")
+    return thresholds
+
+
 def _fill_unpredicted(task, outputs: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """``--allow-missing``: rows that could not be predicted (absent or unreadable images) take a stand-in."""
     filled = set(getattr(task, "filled_rows", []))
@@ -101,9 +119,11 @@ def _mtl_postprocess(task, args, val_outputs, test_outputs, checkpoint_path):
         thresholds, before, after = metrics.tune_au_thresholds(probs, labels[:, 3:])
         task.au_thresholds = thresholds
         report.update(au_thresholds=thresholds, f1_au_before_tuning=before, f1_au_after_tuning=after)
-        log(f"AU thresholds tuned on validation: F1_AU {before:.4f} -> {after:.4f}")
-        if checkpoint_path:
-            _store_thresholds(checkpoint_path, thresholds)
+        path = os.path.join(args.output_dir, AU_THRESHOLDS_FILE)
+        write_json(path, {"au_thresholds": thresholds, "f1_au_before_tuning": before, "f1_au_after_tuning": after,
+                          "checkpoint": checkpoint_path})
+        log(f"AU thresholds tuned on validation: F1_AU {before:.4f} -> {after:.4f}; saved in {path} "
+            f"(--eval --au-thresholds {path} applies them again)")
     videos, frames = mtl.video_and_frame(task.val_annotations.images)
     for flag, columns, what in ((args.smooth_va, slice(0, 2), "va"), (args.smooth_expr, slice(2, 10), "expr")):
         if flag == 0:
@@ -149,16 +169,6 @@ def _choose_expr_window(task, outputs, labels, videos, frames, windows=(0, 3, 5,
 
 def _fmt(scores: dict) -> str:
     return ", ".join(f"{window}: {score:.4f}" for window, score in scores.items())
-
-
-def _store_thresholds(path: str, thresholds) -> None:
-    checkpoint = load_checkpoint(path)
-    if "model_config" not in checkpoint:
-        warn(f"{path} is not a checkpoint of this project; the tuned thresholds are only in val_metrics.json")
-        return
-    checkpoint["au_thresholds"] = list(thresholds)
-    save_atomic(checkpoint, path)
-    log(f"stored the tuned AU thresholds in {path}")
 
 
 def _draw(task, val_outputs, out_dir) -> None:

@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.transforms import AugmentedDataset, EpochKeys
+from engine.cli import flag_name
 from engine.evaluate import eval_loader, predict
-from engine.report import write_evaluation
+from engine.report import read_au_thresholds, write_evaluation
 from engine.tasks import make_task
 from engine.train import LoopConfig, TrainState, train_one_epoch
 from models import build_model
@@ -64,11 +65,35 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if _cpu_has_native_bf16() else None
 
 
-def _cpu_has_native_bf16() -> bool:
+# CPU flags (as /proc/cpuinfo names them) of instructions that compute bf16 products natively: x86's AVX512_BF16 and
+# AMX, Arm's BF16 extension. oneDNN also "supports" bf16 on plain AVX-512 by emulation, 3x slower than fp32.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The instruction-set flags of the first CPU listed in ``path`` (empty where there is no such file)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        with open(path) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_has_native_bf16() -> bool:
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def describe_precision(choice: str, dtype: torch.dtype | None, device: torch.device) -> str:
+    """E.g. 'precision fp32 (auto: this CPU has no native bf16); device cpu'."""
+    name = "fp32" if dtype is None else str(dtype).replace("torch.", "").replace("bfloat16", "bf16")
+    if choice == "auto":
+        where = "this GPU" if device.type == "cuda" else "this CPU"
+        name += f" (auto: {where} {'computes bf16 natively' if dtype else 'has no native bf16'})"
+    return f"precision {name}; device {device}"
 
 
 def make_autocast(device: torch.device, dtype: torch.dtype | None):
@@ -190,7 +215,13 @@ def train(args) -> None:
 
     resume_path = _resume_path(args)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
+    if checkpoint is not None and "train_state" not in checkpoint:
+        raise UserError(f"--resume {resume_path}: this file holds weights for evaluation, not a training state; "
+                        f"resume from {os.path.join(checkpoint_dir(args), 'last.pth')}, or start a new run from "
+                        f"weights with --mae-ckpt")
     config = checkpoint["model_config"] if checkpoint else task.model_config()
+    if checkpoint:
+        check_model_flags(config, args, resume_path)
     model = build_model(config)
     if checkpoint:
         unwrap(model).load_state_dict(checkpoint["model"])
@@ -205,8 +236,7 @@ def train(args) -> None:
         scaled_lr(args.blr, args.batch_size, args.accum_iter, dist.world_size()) if scale else args.blr)
     rule = "scaled" if scale else "unscaled, as the reference LSD recipe"
     log(f"lr = {lr:.3e} (blr {args.blr:g}, batch {args.batch_size} x accum {args.accum_iter} x world "
-        f"{dist.world_size()}, {rule}); precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}; "
-        f"device {device}")
+        f"{dist.world_size()}, {rule}); {describe_precision(args.precision, dtype, device)}")
     optimizer = build_optimizer(param_groups, lr, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     schedule = WarmupCosine(lr, args.min_lr, args.warmup_epochs, args.epochs)
@@ -235,30 +265,33 @@ def train(args) -> None:
         # EMMA's only buffers are the frozen DAN's BatchNorm statistics, identical on every rank.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_loader, sampler = make_train_loader(train_set, task.train_augment(), args.batch_size, args.num_workers,
-                                              device, args.seed)
+    train_loader, sampler = make_train_loader(train_set, task.train_augment(config["img_size"]), args.batch_size,
+                                              args.num_workers, device, args.seed)
     val_loader = eval_loader(val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device)
     if len(train_loader) == 0 and state.batch_in_epoch == 0:
         raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "
                         f"{args.batch_size} x {dist.world_size()} processes; lower --batch-size")
 
-    input_transform = task.input_transform()
+    input_transform = task.input_transform(config["img_size"])
     loop = LoopConfig(accum_iter=args.accum_iter, clip_grad=args.clip_grad, log_interval=args.log_interval,
                       max_bad_fraction=args.max_bad_images, max_steps=args.max_steps)
     monitor = RunMonitor(args.output_dir)
     write_json(os.path.join(args.output_dir, "args.json"), dict(plain_args(args), lr=lr, world_size=dist.world_size(),
                                                                  model_config=config))
 
-    def save(name: str, metrics=None) -> None:
-        rng = _gather_rng()
+    def save(name: str, metrics=None, resumable: bool = True) -> None:
+        """``last.pth`` holds all a resume needs; a best checkpoint only what evaluation needs (no optimizer state,
+        which is two thirds of a ViT-B file)."""
+        rng = _gather_rng() if resumable else None
         if not dist.is_main():
             return
-        save_atomic({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "epoch": state.epoch,
-                     "step": state.step, "train_state": state.to_dict(), "args": plain_args(args),
-                     "model_config": config, "metrics": metrics or {}, "best": best, "rng": rng,
-                     "au_thresholds": getattr(task, "au_thresholds", None)},
-                    os.path.join(checkpoint_dir(args), name))
+        content = {"model": unwrap(model).state_dict(), "epoch": state.epoch, "step": state.step,
+                   "args": plain_args(args), "model_config": config, "metrics": metrics or {},
+                   "au_thresholds": getattr(task, "au_thresholds", None)}
+        if resumable:
+            content.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                           train_state=state.to_dict(), best=best, rng=rng)
+        save_atomic(content, os.path.join(checkpoint_dir(args), name))
 
     main_metric = next(iter(task.best_metrics))
     # validation outputs of the best epoch, when this process ran it (not when it resumed after it); rank 0 holds them
@@ -301,7 +334,7 @@ def train(args) -> None:
             state.batch_in_epoch = 0
             save("last.pth", record.get("val"))
             for short in improved:
-                save(f"best_{short}.pth", record.get("val"))
+                save(f"best_{short}.pth", record.get("val"), resumable=False)
     monitor.close()
 
     # The files a user hands in come from the best checkpoint of the main metric, exactly as --eval would make them.
@@ -342,7 +375,7 @@ def evaluate_only(args) -> None:
     model = load_for_eval(task, path, args)
     model.to(device)
     choose_attention_kernel(model, device, dtype)
-    log(f"evaluating {path} on {device}, precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
+    log(f"evaluating {path}; {describe_precision(args.precision, dtype, device)}")
     write_evaluation(task, model, args, device, make_autocast(device, dtype), checkpoint_path=path)
     dist.cleanup()
 
@@ -356,6 +389,30 @@ def _default_eval_checkpoint(args, task) -> str:
     raise UserError(f"no --ckpt given and no checkpoint in {checkpoint_dir(args)}; pass --ckpt PATH")
 
 
+# Entries of a saved model config and the flags that set them when a model is built from the flags.
+MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size": "patch_size", "patch_embed": "patch_embed",
+               "global_pool": "global_pool", "vit_num": "vit_num"}
+
+
+def check_model_flags(config: dict, args, path: str) -> None:
+    """A checkpoint that carries its model config decides the model (input size included); a model flag typed on
+    the command line that says otherwise is a user's mismatch, reported in one line."""
+    from models.vit import VIT_PRESETS
+
+    def resolved(key, value):  # patch size None means the size's own
+        if key == "patch_size" and value is None:
+            return VIT_PRESETS.get(config.get("vit_size"), {}).get("patch_size")
+        return value
+
+    conflicts = [f"{flag_name(dest)} {getattr(args, dest)} (the checkpoint: {config[key]})"
+                 for key, dest in MODEL_FLAGS.items()
+                 if dest in getattr(args, "typed", ()) and key in config
+                 and resolved(key, getattr(args, dest)) != resolved(key, config[key])]
+    if conflicts:
+        raise UserError(f"{path} was trained with another model than your flags say: {', '.join(conflicts)}; drop "
+                        f"those flags, the model is rebuilt from the checkpoint")
+
+
 def load_for_eval(task, path: str, args):
     """Rebuild the model from a checkpoint: this project's carry their model config; released files use the flags."""
     from models.cotex import load_cotex_checkpoint
@@ -367,15 +424,19 @@ def load_for_eval(task, path: str, args):
         config = checkpoint["model_config"]
         if config.get("name") != ("emma" if args.track == "mtl" else "cotex"):
             raise UserError(f"{path} holds a {config.get('name')} model, not one for this entry point")
+        check_model_flags(config, args, path)
         model = build_model(config)
         load_exactly(model, checkpoint["model"], path, f"{config['name']} ({config.get('vit_size')})")
         if args.track == "mtl" and checkpoint.get("au_thresholds"):
             task.au_thresholds = list(checkpoint["au_thresholds"])
-        return model
-    config = task.model_config()
-    if args.track == "lsd" and "state_dicts" in checkpoint:
-        config["vit_num"] = len(checkpoint["state_dicts"])
-    model = build_model(config)
-    loader = load_emma_checkpoint if args.track == "mtl" else load_cotex_checkpoint
-    loader(model, path, log=log)  # by path, so that errors name the file
+    else:
+        config = task.model_config()
+        if args.track == "lsd" and "state_dicts" in checkpoint:
+            config["vit_num"] = len(checkpoint["state_dicts"])
+        model = build_model(config)
+        loader = load_emma_checkpoint if args.track == "mtl" else load_cotex_checkpoint
+        loader(model, path, log=log)  # by path, so that errors name the file
+    if getattr(args, "au_thresholds", None):
+        task.au_thresholds = read_au_thresholds(args.au_thresholds)
+        log(f"AU thresholds from {args.au_thresholds}: " + " ".join(f"{t:.2f}" for t in task.au_thresholds))
     return model

@@ -68,13 +68,13 @@ class MTLTask:
         self.test_images = images
         return ImageListDataset(self.image_root(), load_paths, skip_bad=self.args.allow_missing)
 
-    def train_augment(self):
-        """Per-sample training augmentation, run in the loader workers."""
-        return mtl_train_augment(self.args.img_size)
+    def train_augment(self, img_size: int):
+        """Per-sample training augmentation to the model's input size, run in the loader workers."""
+        return mtl_train_augment(img_size)
 
-    def input_transform(self):
+    def input_transform(self, img_size: int):
         """uint8 batch on the device -> normalised model input (training batches come at the model's size)."""
-        return BatchTransform(self.args.img_size)
+        return BatchTransform(img_size)
 
     # ---- model
     def model_config(self) -> dict:
@@ -215,13 +215,13 @@ class LSDTask:
         self.test_images = images
         return ImageListDataset(root, images, skip_bad=self.args.allow_missing)
 
-    def train_augment(self):
-        """Per-sample training augmentation, run in the loader workers."""
-        return lsd_train_augment(self.args.img_size)
+    def train_augment(self, img_size: int):
+        """Per-sample training augmentation to the model's input size, run in the loader workers."""
+        return lsd_train_augment(img_size)
 
-    def input_transform(self):
+    def input_transform(self, img_size: int):
         """uint8 batch on the device -> normalised model input (training batches come at the model's size)."""
-        return BatchTransform(self.args.img_size)
+        return BatchTransform(img_size)
 
     def model_config(self) -> dict:
         a = self.args

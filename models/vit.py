@@ -90,7 +90,10 @@ def hybrid_stem(patch_size: int, embed_dim: int) -> nn.Sequential:
     trunk = resnet18(weights=None)
     layers = [trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool] + [getattr(trunk, f'layer{i}') for i in
                                                                      range(1, stages + 1)]
-    return nn.Sequential(*layers, nn.Conv2d(64 << (stages - 1), embed_dim, kernel_size=1))
+    # Channels-last, the layout of the batches it sees: a convolution's weight gradient comes in its input's layout,
+    # and under DDP a parameter of another layout costs a copy of its gradient at every step.
+    stem = nn.Sequential(*layers, nn.Conv2d(64 << (stages - 1), embed_dim, kernel_size=1))
+    return stem.to(memory_format=torch.channels_last)
 
 
 def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,

@@ -392,7 +392,9 @@ def test_authors_emma_checkpoint_loads_and_gives_the_original_outputs(tmp_path, 
         ours = model(x)
         expected = reference_emma_outputs(state, x)
     assert ours.shape == (3, 22)
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    # The random weights give VA outputs in the hundreds; fp32 kernels that sum in another order (channels-last
+    # convolutions, AVX2 vs AVX-512) differ there by a few 1e-5 relative.
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
     assert 'epoch 7' in log[0]
     # the DAN weights came from the EMMA file
     torch.testing.assert_close(model.cnn.bn.running_var, state['cnn.bn.running_var'], atol=0, rtol=0)

@@ -87,7 +87,7 @@ def test_readme_commands_run_in_order(tmp_path):
 
 @pytest.mark.parametrize("script, track", [("main_mtl.py", "mtl"), ("main_lsd.py", "lsd")])
 def test_help_documents_every_flag(script, track):
-    from utils.cli import build_parser
+    from engine.cli import build_parser
 
     parser = build_parser(track, "")
     for action in parser._actions:

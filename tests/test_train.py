@@ -10,9 +10,9 @@ import torch
 from conftest import ROOT, TINY, run_entry, run_torchrun
 from sklearn.metrics import f1_score
 
+from engine.cli import parse_args
 from engine.entry import main
 from engine.tasks import MTLTask
-from utils.cli import parse_args
 from utils.optim import WarmupCosine
 
 MTL_FILES = ["args.json", "log.jsonl", "val_metrics.json", "val_predictions.txt", "test_predictions.txt",

@@ -167,7 +167,8 @@ def build_parser(track: str, description: str) -> OneLineParser:
 
     run = parser.add_argument_group("running")
     _add(run, "--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-         help="autocast precision; auto: bf16 on a GPU that supports it, else fp32 (default: %(default)s)")
+         help="autocast precision; auto: bf16 where the device computes it natively (a GPU with bf16, a CPU with "
+              "AVX512_BF16, AMX or Arm BF16), else fp32 (default: %(default)s)")
     _add(run, "--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: %(default)s")
     _add(run, "--seed", type=int, default=0, help="random seed (default: %(default)s)")
     _add(run, "--resume", default="auto", metavar="{auto,none,PATH}",
@@ -189,7 +190,11 @@ def build_parser(track: str, description: str) -> OneLineParser:
          help="batch size of evaluation (default: 2 x --batch-size)")
     if track == "mtl":
         _add(evaluation, "--tune-au-thresholds", action="store_true",
-             help="pick a per-AU threshold on validation and use it for the test file")
+             help="pick a per-AU threshold on validation and use it for the test file; the thresholds are saved "
+                  "in <output-dir>/au_thresholds.json (the checkpoint is never modified)")
+        _add(evaluation, "--au-thresholds", metavar="FILE",
+             help="per-AU thresholds from an earlier run's au_thresholds.json (or val_metrics.json), instead of "
+                  "the checkpoint's (default: the checkpoint's, else 0.5)")
         _add(evaluation, "--smooth-va", type=_smoothing, default=0, metavar="{auto,0,W}",
              help="average VA over W neighbouring frames of a video; auto picks W on validation (default: off)")
         _add(evaluation, "--smooth-expr", type=_smoothing, default=0, metavar="{auto,0,W}",
@@ -197,28 +202,59 @@ def build_parser(track: str, description: str) -> OneLineParser:
     return parser
 
 
+def typed_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The destinations of the flags typed in ``argv`` (whatever their values), found by parsing with no defaults."""
+    saved = {action: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved.items():
+            action.default = default
+
+
+def flag_name(dest: str) -> str:
+    """The documented spelling of a flag (``--img-size`` for ``img_size``)."""
+    return "--" + dest.replace("_", "-")
+
+
 def parse_args(track: str, description: str, argv=None) -> argparse.Namespace:
-    """Parse and check the flags; inconsistent values exit with one line and status 2."""
+    """Parse and check the flags; inconsistent values exit with one line and status 2.
+
+    ``args.typed`` lists the flags given on the command line. With ``--demo`` the demo's settings replace the
+    parser's defaults before parsing, so a typed flag always wins over them, whatever its value.
+    """
+    import sys
+
+    from engine import demo
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(track, description)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help, and one line for a bad value
+    typed = typed_flags(parser, argv)
+    if args.demo:
+        parser.set_defaults(**demo.run_settings(track))
+        args = parser.parse_args(argv)
     args.track = track
+    args.typed = sorted(typed)
     if not args.demo and not args.data_dir:
         parser.error("--data-dir is required (or --demo for the built-in synthetic data)")
-    if args.data_dir and not args.demo and not os.path.isdir(args.data_dir):
+    if args.data_dir and "data_dir" in typed and not os.path.isdir(args.data_dir):
         parser.error(f"--data-dir {args.data_dir} is not a directory")
     if args.resume not in ("auto", "none") and not args.eval and not os.path.isfile(args.resume):
         parser.error(f"--resume {args.resume}: no such file (use auto, none or a checkpoint path)")
     if args.ckpt and not os.path.isfile(args.ckpt):
         parser.error(f"--ckpt {args.ckpt}: no such file")
-    demo_sets_warmup = args.demo and args.warmup_epochs == parser.get_default("warmup_epochs")
-    if args.warmup_epochs > args.epochs and not demo_sets_warmup:
+    if getattr(args, "au_thresholds", None) and not os.path.isfile(args.au_thresholds):
+        parser.error(f"--au-thresholds {args.au_thresholds}: no such file")
+    if args.warmup_epochs > args.epochs:
         parser.error(f"--warmup-epochs {args.warmup_epochs:g} exceeds --epochs {args.epochs}")
     if track == "lsd":
         if args.mae_ckpt and args.vit_num % len(args.mae_ckpt) != 0:
             parser.error(f"--vit-num {args.vit_num} is not divisible by the number of --mae-ckpt files "
                          f"({len(args.mae_ckpt)}); give one checkpoint, or one per ViT")
-        args.batch_size_from_mask = args.batch_size is None
-        if args.batch_size_from_mask:
+        if args.batch_size is None:
             # The reference grows the batch with the mask ratio, since dropped tokens free memory.
             args.batch_size = min(64 * int(1 / (1 - args.mask_ratio)), 4096)
     if args.device == "cuda":
@@ -227,4 +263,3 @@ def parse_args(track: str, description: str, argv=None) -> argparse.Namespace:
         if not torch.cuda.is_available():
             parser.error("--device cuda but no CUDA device is available (use --device cpu or auto)")
     return args
-
