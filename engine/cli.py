@@ -122,6 +122,9 @@ def build_parser(track: str, description: str) -> OneLineParser:
     if track == "mtl":
         _add(model, "--dan-ckpt", aliases=["--exp_pretrained_model_paths"], metavar="PATH",
              help="AffectNet-pretrained DAN checkpoint ({'model_state_dict': ...}); absent: random DAN (warning)")
+        _add(model, "--dan", choices=["frozen", "none"], default="frozen",
+             help="frozen: the reference's frozen DAN feeds its expression scores to the VA head; none: EMMA without "
+                  "the DAN branch, for data without an expression-pretrained DAN (the demo) (default: %(default)s)")
     else:
         _add(model, "--vit-num", aliases=["--vit_num"], type=_positive_int, default=2, metavar="K",
              help="number of co-trained ViTs (default: %(default)s)")

@@ -391,7 +391,7 @@ def _default_eval_checkpoint(args, task) -> str:
 
 # Entries of a saved model config and the flags that set them when a model is built from the flags.
 MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size": "patch_size", "patch_embed": "patch_embed",
-               "global_pool": "global_pool", "vit_num": "vit_num"}
+               "global_pool": "global_pool", "vit_num": "vit_num", "dan": "dan"}
 
 
 def check_model_flags(config: dict, args, path: str) -> None:
@@ -404,10 +404,11 @@ def check_model_flags(config: dict, args, path: str) -> None:
             return VIT_PRESETS.get(config.get("vit_size"), {}).get("patch_size")
         return value
 
-    conflicts = [f"{flag_name(dest)} {getattr(args, dest)} (the checkpoint: {config[key]})"
+    saved = {"dan": "frozen", **config}  # configs record the DAN setting only when it is not the reference's
+    conflicts = [f"{flag_name(dest)} {getattr(args, dest)} (the checkpoint: {saved[key]})"
                  for key, dest in MODEL_FLAGS.items()
-                 if dest in getattr(args, "typed", ()) and key in config
-                 and resolved(key, getattr(args, dest)) != resolved(key, config[key])]
+                 if dest in getattr(args, "typed", ()) and key in saved
+                 and resolved(key, getattr(args, dest)) != resolved(key, saved[key])]
     if conflicts:
         raise UserError(f"{path} was trained with another model than your flags say: {', '.join(conflicts)}; drop "
                         f"those flags, the model is rebuilt from the checkpoint")

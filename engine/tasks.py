@@ -79,8 +79,11 @@ class MTLTask:
     # ---- model
     def model_config(self) -> dict:
         a = self.args
-        return dict(name="emma", vit_size=a.vit, img_size=a.img_size, drop_path=a.drop_path,
-                    global_pool=a.global_pool, patch_size=a.patch_size, patch_embed=a.patch_embed)
+        config = dict(name="emma", vit_size=a.vit, img_size=a.img_size, drop_path=a.drop_path,
+                      global_pool=a.global_pool, patch_size=a.patch_size, patch_embed=a.patch_embed)
+        if a.dan != "frozen":
+            config["dan"] = a.dan
+        return config
 
     def load_pretrained(self, model) -> None:
         from models.dan import load_dan_weights
@@ -92,7 +95,11 @@ class MTLTask:
             load_mae_weights(model.vit, self.args.mae_ckpt[0], log=log)
         else:
             warn("no --mae-ckpt: the ViT starts from random weights; expect far lower scores than the reference")
-        if self.args.dan_ckpt:
+        if model.cnn is None:
+            if self.args.dan_ckpt:
+                raise UserError("--dan-ckpt was given with --dan none (EMMA without its DAN); drop one of them")
+            log("--dan none: EMMA without the DAN branch; the VA head reads the ViT's expression and AU outputs")
+        elif self.args.dan_ckpt:
             load_dan_weights(model.cnn, self.args.dan_ckpt, log=log)
         else:
             warn("no --dan-ckpt: the frozen DAN has random weights, so its expression scores carry no information")

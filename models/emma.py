@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from models.dan import DAN
 from models.vit import build_vit
 from models.weights import constructor_arguments, extract_state_dict, load_exactly, read_checkpoint, strip_prefix
+from utils.errors import UserError
 
 NUM_EXPR = 8
 NUM_AU = 12
@@ -24,24 +25,39 @@ VIT_HEAD_HIDDEN = 512  # reference: Linear(D, 512), ReLU, Linear(512, 20)
 VA_HEAD_HIDDEN = 256  # reference: Linear(28, 256), ReLU, Linear(256, 2), no tanh
 
 
+DAN_CHOICES = ('frozen', 'none')
+
+
 class EMMA(nn.Module):
+    """``dan='none'`` is the ablation without the DAN branch: the VA head reads the ViT's 20 outputs only (for data
+    without an expression-pretrained DAN, such as the synthetic demo faces, where a random DAN's scores would be
+    large noise)."""
+
     def __init__(self, vit_size: str = 'base', img_size: int = 224, drop_path: float = 0.1,
-                 global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear'):
+                 global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear',
+                 dan: str = 'frozen'):
         super().__init__()
+        if dan not in DAN_CHOICES:
+            raise UserError(f'unknown DAN setting {dan!r}; choose one of {", ".join(DAN_CHOICES)}')
         self.config = dict(name='emma', vit_size=vit_size, img_size=img_size, drop_path=drop_path,
                            global_pool=global_pool, patch_size=patch_size, patch_embed=patch_embed)
+        if dan != 'frozen':  # recorded only when it differs, so configs of the full model stay as they were
+            self.config['dan'] = dan
         self.vit = build_vit(vit_size, img_size, num_classes=0, drop_path=drop_path, global_pool=global_pool,
                              patch_size=patch_size, patch_embed=patch_embed)
         self.vit.head = nn.Sequential(nn.Linear(self.vit.embed_dim, VIT_HEAD_HIDDEN), nn.ReLU(),
                                       nn.Linear(VIT_HEAD_HIDDEN, NUM_EXPR + NUM_AU))
         self.vit.num_classes = NUM_EXPR + NUM_AU
 
-        self.cnn = DAN(num_class=NUM_EXPR)
-        self.cnn.requires_grad_(False)
-        self.cnn.eval()
-        self.cnn.to(memory_format=torch.channels_last)  # faster convolutions; load_state_dict keeps the layout
+        self.cnn = None
+        if dan == 'frozen':
+            self.cnn = DAN(num_class=NUM_EXPR)
+            self.cnn.requires_grad_(False)
+            self.cnn.eval()
+            self.cnn.to(memory_format=torch.channels_last)  # faster convolutions; load_state_dict keeps the layout
 
-        self.va_head = nn.Sequential(nn.Linear(NUM_EXPR + NUM_EXPR + NUM_AU, VA_HEAD_HIDDEN), nn.ReLU(),
+        dan_width = NUM_EXPR if self.cnn is not None else 0
+        self.va_head = nn.Sequential(nn.Linear(dan_width + NUM_EXPR + NUM_AU, VA_HEAD_HIDDEN), nn.ReLU(),
                                      nn.Linear(VA_HEAD_HIDDEN, 2))
 
     @classmethod
@@ -50,7 +66,8 @@ class EMMA(nn.Module):
 
     def train(self, mode: bool = True) -> EMMA:
         super().train(mode)
-        self.cnn.eval()  # the frozen DAN's BatchNorm must keep its AffectNet statistics
+        if self.cnn is not None:
+            self.cnn.eval()  # the frozen DAN's BatchNorm must keep its AffectNet statistics
         return self
 
     def dan_expression_scores(self, x: Tensor) -> Tensor:
@@ -63,8 +80,11 @@ class EMMA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         expr_au = self.vit(x)
-        dan_expr = self.dan_expression_scores(x).to(expr_au.dtype)
-        va = self.va_head(torch.cat([dan_expr, expr_au], dim=1))
+        if self.cnn is None:
+            va = self.va_head(expr_au)
+        else:
+            dan_expr = self.dan_expression_scores(x).to(expr_au.dtype)
+            va = self.va_head(torch.cat([dan_expr, expr_au], dim=1))
         return torch.cat([va.to(expr_au.dtype), expr_au], dim=1)
 
 

@@ -10,6 +10,18 @@ from datasets import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need a CUDA device; without one they are skipped (``sh benchmarks/gpu_check.sh`` runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
 # A configuration that trains in seconds on one CPU core.
 TINY = ["--vit", "nano", "--img-size", "32", "--patch-size", "8", "--batch-size", "8", "--accum-iter", "2",
         "--warmup-epochs", "0", "--num-workers", "0", "--precision", "fp32", "--device", "cpu", "--log-interval", "2"]

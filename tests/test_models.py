@@ -636,3 +636,22 @@ def test_unknown_model_name_or_config_entry_is_a_user_error():
         build_model({'name': 'resnet'})
     with pytest.raises(UserError, match='unknown entries'):
         build_model({'name': 'emma', 'vit_size': 'nano', 'depth': 3})
+
+
+def test_emma_without_dan_feeds_the_vit_outputs_alone_to_the_va_head_and_rebuilds_from_its_config():
+    torch.manual_seed(0)
+    model = EMMA('nano', img_size=32, patch_size=8, dan='none').eval()
+    assert model.cnn is None and not any(key.startswith('cnn.') for key in model.state_dict())
+    assert model.config['dan'] == 'none' and 'dan' not in EMMA('nano', img_size=32, patch_size=8).config
+    x = images(2, 32)
+    with torch.no_grad():
+        out = model(x)
+        expr_au = model.vit(x)
+        expected_va = model.va_head(expr_au)  # the VA head of the 20 ViT outputs, nothing else
+    assert out.shape == (2, 22)
+    torch.testing.assert_close(out[:, :2], expected_va)
+    torch.testing.assert_close(out[:, 2:], expr_au)
+    rebuilt = build_model(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    with pytest.raises(UserError, match='unknown DAN setting'):
+        EMMA('nano', img_size=32, patch_size=8, dan='random')

@@ -170,7 +170,10 @@ def test_bad_flag_values_give_one_line_and_exit_code_2(script, flags, words):
 
 @pytest.mark.dist
 def test_two_gloo_processes_train_and_count_the_world_in_the_lr(mtl_data, tmp_path):
-    run_torchrun(2, "main_mtl.py", "--data-dir", mtl_data, "--output-dir", tmp_path, "--epochs", "1", *TINY)
+    result = run_torchrun(2, "main_mtl.py", "--data-dir", mtl_data, "--output-dir", tmp_path, "--epochs", "1", *TINY,
+                          "--patch-embed", "hybrid")
+    # every parameter DDP buckets is in the layout its gradient comes in (no extra copy per step)
+    assert "Grad strides do not match" not in result.stderr + result.stdout
     args = json.loads((tmp_path / "args.json").read_text())
     assert args["world_size"] == 2
     assert args["lr"] == pytest.approx(args["blr"] * 8 * 2 * 2 / 256)
@@ -218,3 +221,63 @@ def test_eval_shards_are_the_single_process_batches_and_cover_every_sample_once(
     assert [i for b in single for i in b] == list(range(size))
     shards = [ShardedBatches(size, batch, rank, world).batches for rank in range(world)]
     assert sorted(map(tuple, (b for shard in shards for b in shard))) == sorted(map(tuple, single))
+
+
+def sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_eval_rebuilds_the_model_and_its_input_size_from_the_checkpoint_alone(mtl_run, mtl_data, tmp_path):
+    # no model flag at all: the checkpoint (32 px, nano) decides, not the defaults (224 px, base)
+    main("mtl", "", ["--eval", "--ckpt", str(mtl_run / "checkpoints" / "best_mtl.pth"), "--data-dir", str(mtl_data),
+                     "--output-dir", str(tmp_path), "--eval-batch-size", "16", "--num-workers", "0"])
+    for name in ("val_predictions.txt", "test_predictions.txt"):
+        assert (tmp_path / name).read_bytes() == (mtl_run / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("flags, words", [(["--img-size", "64"], "--img-size 64 (the checkpoint: 32)"),
+                                          (["--vit", "base"], "--vit base (the checkpoint: nano)"),
+                                          (["--patch-size", "16"], "--patch-size 16 (the checkpoint: 8)"),
+                                          (["--dan", "none"], "--dan none (the checkpoint: frozen)")])
+def test_eval_names_a_model_flag_that_contradicts_the_checkpoint_in_one_line(mtl_run, mtl_data, tmp_path, capsys,
+                                                                             flags, words):
+    with pytest.raises(SystemExit) as stop:
+        main("mtl", "", ["--eval", "--ckpt", str(mtl_run / "checkpoints" / "best_mtl.pth"), "--data-dir",
+                         str(mtl_data), "--output-dir", str(tmp_path), "--num-workers", "0", *flags])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and lines[0].startswith("error: "), lines
+
+
+def test_eval_with_tuning_leaves_a_read_only_checkpoint_byte_identical_and_the_thresholds_apply_again(
+        mtl_run, mtl_data, tmp_path):
+    ckpt = tmp_path / "released.pth"
+    shutil.copy(mtl_run / "checkpoints" / "best_mtl.pth", ckpt)
+    ckpt.chmod(0o444)
+    before = sha256(ckpt)
+    common = ["--eval", "--ckpt", str(ckpt), "--data-dir", str(mtl_data), "--num-workers", "0"]
+    main("mtl", "", common + ["--output-dir", str(tmp_path / "tuned"), "--tune-au-thresholds"])
+    assert sha256(ckpt) == before
+    saved = json.loads((tmp_path / "tuned" / "au_thresholds.json").read_text())
+    tuned = json.loads((tmp_path / "tuned" / "val_metrics.json").read_text())
+    assert saved["au_thresholds"] == tuned["au_thresholds"] and len(saved["au_thresholds"]) == 12
+    main("mtl", "", common + ["--output-dir", str(tmp_path / "again"), "--au-thresholds",
+                              str(tmp_path / "tuned" / "au_thresholds.json")])
+    again = json.loads((tmp_path / "again" / "val_metrics.json").read_text())
+    assert again["au_thresholds"] == tuned["au_thresholds"] and again["f1_au"] == tuned["f1_au"]
+    for name in ("val_predictions.txt", "test_predictions.txt"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "tuned" / name).read_bytes(), name
+    assert sha256(ckpt) == before
+
+
+def test_best_checkpoints_hold_what_evaluation_needs_and_only_last_resumes(mtl_run, mtl_data, tmp_path):
+    best = load(mtl_run / "checkpoints" / "best_mtl.pth")
+    assert {"model", "model_config", "metrics", "au_thresholds", "epoch"} <= set(best)
+    assert not {"optimizer", "rng", "train_state"} & set(best)
+    assert (mtl_run / "checkpoints" / "best_mtl.pth").stat().st_size < (mtl_run / "checkpoints" / "last.pth").stat(
+    ).st_size
+    result = run_entry("main_mtl.py", "--data-dir", mtl_data, "--output-dir", tmp_path, *TINY,
+                       "--resume", mtl_run / "checkpoints" / "best_mtl.pth", check=False, timeout=120)
+    assert result.returncode == 2 and "last.pth" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,62 @@
+#!/bin/sh
+# What only a GPU can show, in at most about 8 minutes on one GPU; one JSON line per measurement on stdout:
+#   the suite's GPU tests (pytest -m gpu); EMMA ViT-B and masked CoTEX 2 x ViT-B (mask 0.75) training img/s in bf16 at
+#   the reference batches (100 and 64), with MFU and peak memory, eager and --compile; the MTL data pipeline with 8
+#   workers feeding 224 px batches to the GPU, against the training speed it must keep up with; a --demo-sized
+#   end-to-end MTL run on the GPU.
+# Usage: sh benchmarks/gpu_check.sh [WORK_DIR]      (WORK_DIR, default a new temporary folder, keeps the logs)
+set -eu
+cd "$(dirname "$0")/.."
+if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check: no CUDA GPU is visible to PyTorch here; nothing was measured" >&2
+  exit 1
+fi
+WORK=${1:-$(mktemp -d)}
+mkdir -p "$WORK"
+echo "gpu_check: logs in $WORK" >&2
+
+# last_json LOG: the last JSON line a benchmark printed (its final result)
+last_json() { grep '^{' "$1" | tail -n 1; }
+
+python -m pytest -q -m gpu -p no:cacheprovider tests > "$WORK/pytest_gpu.log" 2>&1 && rc=0 || rc=$?
+python - "$WORK/pytest_gpu.log" "$rc" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().strip().splitlines()
+print(json.dumps({"check": "pytest -m gpu", "exit_code": int(sys.argv[2]), "summary": lines[-1] if lines else ""}))
+PY
+
+for compile in "" "--compile"; do
+  name=${compile:+_compiled}
+  python benchmarks/bench.py train --model emma --vit base --batch-size 100 --steps 10 --warmup 3 --precision bf16 \
+    --device cuda $compile > "$WORK/emma$name.log" 2>&1
+  last_json "$WORK/emma$name.log"
+  python benchmarks/bench.py train --model cotex --vit base --batch-size 64 --mask-ratio 0.75 --steps 10 --warmup 3 \
+    --precision bf16 --device cuda $compile > "$WORK/cotex$name.log" 2>&1
+  last_json "$WORK/cotex$name.log"
+done
+
+python -m datasets.synthetic mtl "$WORK/data" --videos 80 --frames 50 > "$WORK/data_gen.log" 2>&1
+python benchmarks/bench.py data --data-dir "$WORK/data" --batch-size 100 --workers 8 --img-size 224 --device cuda \
+  --batches 60 > "$WORK/data.log" 2>&1
+last_json "$WORK/data.log"
+python - "$WORK/data.log" "$WORK/emma.log" <<'PY'
+import json, sys
+def last(path):
+    return json.loads([line for line in open(path) if line.startswith("{")][-1])
+data, train = last(sys.argv[1]), last(sys.argv[2])
+print(json.dumps({"check": "data pipeline vs EMMA bf16 training", "data_img_per_s": data["img_per_s"],
+                  "train_img_per_s": train["img_per_s"], "gpu_waits_for_data": data["img_per_s"] < train["img_per_s"]}))
+PY
+
+start=$(date +%s)
+ABAW_DEMO_DATA="$WORK/demo_data" python main_mtl.py --demo --device cuda --output-dir "$WORK/demo_mtl" \
+  > "$WORK/demo_mtl.log" 2>&1 && rc=0 || rc=$?
+end=$(date +%s)
+python - "$WORK/demo_mtl/test_metrics.json" "$rc" "$((end - start))" <<'PY'
+import json, os, sys
+path, rc, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+record = {"check": "main_mtl.py --demo --device cuda", "exit_code": rc, "wall_s": seconds}
+if os.path.isfile(path):
+    record["test_p_mtl"] = round(json.load(open(path))["p_mtl"], 4)
+print(json.dumps(record))
+PY

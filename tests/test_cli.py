@@ -1,0 +1,123 @@
+"""Flags: typed values always win over the demo's settings, precision auto needs native bf16, launchers run under sh."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import ROOT
+
+from engine import demo, runner
+from engine.cli import parse_args
+
+
+@pytest.fixture(autouse=True)
+def full_size_demo(monkeypatch):
+    monkeypatch.delenv("ABAW_DEMO_SIZE", raising=False)
+
+
+@pytest.mark.parametrize("track, flags, expected", [
+    ("mtl", ["--epochs", "30"], {"epochs": 30}),  # 30 is also the parser's default
+    ("mtl", ["--patch-embed", "linear"], {"patch_embed": "linear"}),  # linear is also the parser's default
+    ("mtl", ["--batch-size", "100"], {"batch_size": 100}),  # 100 is also the parser's default
+    ("lsd", ["--batch-size", "64"], {"batch_size": 64}),
+    ("lsd", ["--mask-ratio", "0.75"], {"mask_ratio": 0.75, "batch_size": demo.DEMO_RUN["lsd"]["batch_size"]}),
+])
+def test_a_typed_flag_wins_over_the_demo_whatever_its_value(track, flags, expected):
+    args = parse_args(track, "", ["--demo", *flags])
+    for key, value in expected.items():
+        assert getattr(args, key) == value, key
+    settings = demo.run_settings(track)
+    for key, value in settings.items():  # every flag not typed takes the demo's value
+        if key not in expected:
+            assert getattr(args, key) == value, key
+
+
+def test_flags_without_demo_keep_the_reference_defaults_and_derived_batch():
+    args = parse_args("lsd", "", ["--data-dir", ROOT, "--mask-ratio", "0.5"])
+    assert (args.batch_size, args.epochs, args.patch_embed) == (128, 6, "linear")
+    assert parse_args("lsd", "", ["--data-dir", ROOT, "--mask-ratio", "0.5", "--batch-size", "64"]).batch_size == 64
+    assert parse_args("mtl", "", ["--data-dir", ROOT]).typed == ["data_dir"]
+
+
+def test_demo_says_which_of_its_settings_the_flags_replaced_and_args_json_has_what_ran(tmp_path):
+    from conftest import run_entry
+
+    env = {"ABAW_DEMO_SIZE": "small", "ABAW_DEMO_DATA": str(tmp_path / "demo_data")}
+    result = run_entry("main_lsd.py", "--demo", "--epochs", "2", "--output-dir", tmp_path / "run", env=env)
+    first = [line for line in result.stdout.splitlines() if "demo settings" in line]
+    assert first and "--epochs 2 (demo: 1)" in first[0] and "--output-dir" in first[0]
+    import json
+
+    ran = json.loads((tmp_path / "run" / "args.json").read_text())
+    assert ran["epochs"] == 2 and ran["vit"] == "nano" and ran["patch_embed"] == "hybrid"
+    records = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(records) == 2
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse2 avx2 avx512f avx512bw", False),  # AVX-512 alone: oneDNN emulates bf16, 3x slower than fp32
+    ("fpu sse2 avx2", False),
+    ("fpu avx2 avx512f avx512_bf16", True),
+    ("fpu avx512f amx_bf16 amx_tile", True),
+    ("fp asimd bf16 i8mm", True),  # Arm
+])
+def test_precision_auto_picks_bf16_only_on_a_cpu_with_native_bf16(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    key = "Features" if "asimd" in flags else "flags"
+    cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
+    original = runner.cpu_flags
+    monkeypatch.setattr(runner, "cpu_flags", lambda: original(str(cpuinfo)))
+    cpu = torch.device("cpu")
+    assert runner.resolve_precision("auto", cpu) == (torch.bfloat16 if native else None)
+    assert runner.resolve_precision("bf16", cpu) == torch.bfloat16 and runner.resolve_precision("fp32", cpu) is None
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    assert runner.resolve_precision("auto", torch.device("cuda", 0)) == (torch.bfloat16 if supported else None)
+
+
+LAUNCHERS = ["train_EMMA.sh", "train_masked_CoTEX.sh", "eval_EMMA.sh", "eval_masked_CoTEX.sh", "slurm_EMMA.sbatch"]
+DASH = shutil.which("dash")
+
+
+@pytest.mark.skipif(DASH is None, reason="dash is not installed")
+@pytest.mark.parametrize("script", LAUNCHERS)
+def test_every_launcher_is_posix_sh(script):
+    result = subprocess.run([DASH, "-n", os.path.join(ROOT, "shs", script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(DASH is None, reason="dash is not installed")
+@pytest.mark.parametrize("script, entry, ngpus", [
+    ("train_EMMA.sh", "main_mtl.py", "1"), ("train_EMMA.sh", "main_mtl.py", "4"),
+    ("train_masked_CoTEX.sh", "main_lsd.py", "1"), ("train_masked_CoTEX.sh", "main_lsd.py", "2"),
+    ("eval_EMMA.sh", "main_mtl.py", "1"), ("eval_masked_CoTEX.sh", "main_lsd.py", "1"),
+])
+def test_launchers_under_dash_reach_their_entry_point_with_flags_it_accepts(tmp_path, script, entry, ngpus):
+    """python and torchrun are stand-ins that record their arguments; the recorded flags must parse."""
+    record = tmp_path / "argv"
+    for tool in ("python", "torchrun"):
+        stub = tmp_path / tool
+        stub.write_text(f'#!/bin/sh\necho "$0" > {record}\nfor a in "$@"; do echo "$a" >> {record}; done\n')
+        stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", NGPUS=ngpus, DATA_DIR=ROOT,
+               MAE_CKPT="a.pth b.pth" if "CoTEX" in script else "a.pth", CKPT=os.path.join(ROOT, "README.md"))
+    result = subprocess.run([DASH, os.path.join("shs", script), "--epochs", "8"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    tool, *argv = record.read_text().splitlines()
+    assert os.path.basename(tool) == ("torchrun" if ngpus != "1" else "python")
+    if ngpus != "1":
+        assert argv[:2] == ["--nproc_per_node", ngpus]
+        argv = argv[2:]
+    assert argv[0] == entry
+    args = parse_args("mtl" if entry == "main_mtl.py" else "lsd", "", argv[1:])
+    assert args.data_dir == ROOT
+    if "train" in script:
+        assert args.epochs == 8 and args.vit == "base"  # the user's --epochs comes last and wins over the recipe's
+    if "CoTEX" in script and "train" in script:
+        assert args.mae_ckpt == ["a.pth", "b.pth"] and args.vit_num == 2 and args.mask_ratio == 0.75
