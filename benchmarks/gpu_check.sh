@@ -15,8 +15,17 @@ WORK=${1:-$(mktemp -d)}
 mkdir -p "$WORK"
 echo "gpu_check: logs in $WORK" >&2
 
-# last_json LOG: the last JSON line a benchmark printed (its final result)
-last_json() { grep '^{' "$1" | tail -n 1; }
+# measure NAME COMMAND...: run a benchmark into $WORK/NAME.log and print its final JSON line; a failure prints a line
+# saying so and the remaining measurements still run
+measure() {
+  log_name=$1
+  shift
+  if "$@" > "$WORK/$log_name.log" 2>&1; then
+    grep '^{' "$WORK/$log_name.log" | tail -n 1
+  else
+    echo "{\"check\": \"$log_name\", \"failed\": true, \"log\": \"$WORK/$log_name.log\"}"
+  fi
+}
 
 python -m pytest -q -m gpu -p no:cacheprovider tests > "$WORK/pytest_gpu.log" 2>&1 && rc=0 || rc=$?
 python - "$WORK/pytest_gpu.log" "$rc" <<'PY'
@@ -27,23 +36,22 @@ PY
 
 for compile in "" "--compile"; do
   name=${compile:+_compiled}
-  python benchmarks/bench.py train --model emma --vit base --batch-size 100 --steps 10 --warmup 3 --precision bf16 \
-    --device cuda $compile > "$WORK/emma$name.log" 2>&1
-  last_json "$WORK/emma$name.log"
-  python benchmarks/bench.py train --model cotex --vit base --batch-size 64 --mask-ratio 0.75 --steps 10 --warmup 3 \
-    --precision bf16 --device cuda $compile > "$WORK/cotex$name.log" 2>&1
-  last_json "$WORK/cotex$name.log"
+  measure "emma$name" python benchmarks/bench.py train --model emma --vit base --batch-size 100 --steps 10 --warmup 3 \
+    --precision bf16 --device cuda $compile
+  measure "cotex$name" python benchmarks/bench.py train --model cotex --vit base --batch-size 64 --mask-ratio 0.75 \
+    --steps 10 --warmup 3 --precision bf16 --device cuda $compile
 done
 
 python -m datasets.synthetic mtl "$WORK/data" --videos 80 --frames 50 > "$WORK/data_gen.log" 2>&1
-python benchmarks/bench.py data --data-dir "$WORK/data" --batch-size 100 --workers 8 --img-size 224 --device cuda \
-  --batches 60 > "$WORK/data.log" 2>&1
-last_json "$WORK/data.log"
+measure data python benchmarks/bench.py data --data-dir "$WORK/data" --batch-size 100 --workers 8 --img-size 224 \
+  --device cuda --batches 60
 python - "$WORK/data.log" "$WORK/emma.log" <<'PY'
 import json, sys
 def last(path):
-    return json.loads([line for line in open(path) if line.startswith("{")][-1])
+    return json.loads(([line for line in open(path) if line.startswith("{")] or ["{}"])[-1])
 data, train = last(sys.argv[1]), last(sys.argv[2])
+if "img_per_s" not in data or "img_per_s" not in train:
+    sys.exit(0)  # one of the two failed, and said so above
 print(json.dumps({"check": "data pipeline vs EMMA bf16 training", "data_img_per_s": data["img_per_s"],
                   "train_img_per_s": train["img_per_s"], "gpu_waits_for_data": data["img_per_s"] < train["img_per_s"]}))
 PY

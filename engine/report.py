@@ -8,6 +8,7 @@ expression probabilities) chosen on validation.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -73,8 +74,6 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
 def read_au_thresholds(path: str) -> list[float]:
     """Per-AU thresholds from a JSON file with an ``au_thresholds`` list of 12 (``au_thresholds.json`` or
     ``val_metrics.json`` of an earlier run)."""
-    import json
-
     try:
         with open(path) as handle:
             thresholds = json.load(handle)["au_thresholds"]

@@ -1,12 +1,13 @@
 """Flags: typed values always win over the demo's settings, precision auto needs native bf16, launchers run under sh."""
 
+import json
 import os
 import shutil
 import subprocess
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_entry
 
 from engine import demo, runner
 from engine.cli import parse_args
@@ -42,14 +43,10 @@ def test_flags_without_demo_keep_the_reference_defaults_and_derived_batch():
 
 
 def test_demo_says_which_of_its_settings_the_flags_replaced_and_args_json_has_what_ran(tmp_path):
-    from conftest import run_entry
-
     env = {"ABAW_DEMO_SIZE": "small", "ABAW_DEMO_DATA": str(tmp_path / "demo_data")}
     result = run_entry("main_lsd.py", "--demo", "--epochs", "2", "--output-dir", tmp_path / "run", env=env)
     first = [line for line in result.stdout.splitlines() if "demo settings" in line]
     assert first and "--epochs 2 (demo: 1)" in first[0] and "--output-dir" in first[0]
-    import json
-
     ran = json.loads((tmp_path / "run" / "args.json").read_text())
     assert ran["epochs"] == 2 and ran["vit"] == "nano" and ran["patch_embed"] == "hybrid"
     records = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
