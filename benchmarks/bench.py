@@ -13,7 +13,7 @@ Warm-up steps run first and are not measured.
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
 input transform, on random uint8 crops of the model's size (what the training loader delivers); ``data`` iterates the
-training loader of ``engine.runner`` over an MTL data directory (decoding and augmentation in its workers) and applies
+training loader of ``engine.runtime`` over an MTL data directory (decoding and augmentation in its workers) and applies
 the input transform, counting the normalised float batches on the device; ``eval`` runs ``engine.evaluate.predict``
 with the input transform, which resizes the frames.
 
@@ -38,21 +38,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.images import collate_uint8  # noqa: E402
 from engine.cli import build_parser  # noqa: E402
 from engine.evaluate import eval_loader, predict  # noqa: E402
-from engine.runner import (  # noqa: E402
-    build_model,
+from engine.runtime import (  # noqa: E402
+    build_optimisation,
     choose_attention_kernel,
     keep_freed_memory,
-    load_for_eval,
     make_autocast,
     make_train_loader,
     resolve_precision,
     seed_everything,
 )
-from engine.tasks import make_task  # noqa: E402
+from engine.tasks import task_class  # noqa: E402
 from engine.train import LoopConfig, TrainState, train_one_epoch  # noqa: E402
-from utils.optim import WarmupCosine, build_optimizer, scaled_lr  # noqa: E402
+from models import build_model  # noqa: E402
 
+# --model -> the entry point's track, and the benchmark's flags that model's entry point also takes
 TRACKS = {"emma": "mtl", "cotex": "lsd"}
+MODEL_FLAGS = {"emma": (), "cotex": ("mask_ratio", "vit_num")}
 # Dense bf16 peak of the GPUs we compute MFU for (TFLOP/s); --peak-tflops covers the others.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -61,14 +62,18 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def project_args(model: str, extra: list[str]) -> argparse.Namespace:
-    """The flags of ``main_mtl.py``/``main_lsd.py`` with their defaults (the reference recipe) plus ``extra``."""
-    track = TRACKS[model]
-    args = build_parser(track, "").parse_args(extra)
-    args.track = track
-    if track == "lsd" and args.batch_size is None:
-        args.batch_size = 64
-    return args
+def project_args(opts, extra: list[str]) -> argparse.Namespace:
+    """The flags of ``main_mtl.py``/``main_lsd.py`` with their defaults (the reference recipe) plus ``extra`` and the
+    benchmark's model-specific flags."""
+    stage = task_class(TRACKS[opts.model])
+    for dest in MODEL_FLAGS[opts.model]:
+        if hasattr(opts, dest):
+            extra = [*extra, "--" + dest.replace("_", "-"), str(getattr(opts, dest))]
+    parser = build_parser(stage, "")
+    parser.set_defaults(track=stage.name, typed=[])
+    args = parser.parse_args(extra)
+    parser.set_defaults(**stage.derived_defaults(args))
+    return parser.parse_args(extra)
 
 
 def pick_device(choice: str) -> torch.device:
@@ -111,20 +116,14 @@ def precision_name(dtype) -> str:
         "float16", "fp16")
 
 
-def random_frames(task_name: str, batch_size: int, frame_size: int, first_index: int, generator) -> tuple:
+def random_frames(task, batch_size: int, frame_size: int, first_index: int, generator) -> tuple:
     """One loader batch ``(uint8 images, targets, indices, dropped)`` of random frames with valid random labels,
     stacked by the real collate function from (3, H, W) views of height-width-channel arrays, as decoded."""
+    targets = task.random_targets(batch_size, generator)
     samples = []
     for offset in range(batch_size):
         image = torch.randint(0, 256, (frame_size, frame_size, 3), dtype=torch.uint8, generator=generator)
-        if task_name == "mtl":
-            va = torch.rand(2, generator=generator) * 2 - 1
-            expr = torch.randint(0, 8, (1,), generator=generator).float()
-            aus = torch.randint(0, 2, (12,), generator=generator).float()
-            target = torch.cat([va, expr, aus])
-        else:
-            target = torch.randint(0, 6, (), generator=generator)
-        samples.append((image.permute(2, 0, 1), target, first_index + offset))
+        samples.append((image.permute(2, 0, 1), targets[offset], first_index + offset))
     return collate_uint8(samples)
 
 
@@ -167,7 +166,7 @@ def count_train_flops(task, model, transform, batch: tuple, autocast, device) ->
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast():
-            loss, _ = task.loss(model, transform(images), targets)
+            loss, _ = task.loss(model, (transform(images), targets))
         loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / images.shape[0]
@@ -184,27 +183,23 @@ def summarise(records: list[dict]) -> None:
 
 def bench_train(opts) -> None:
     device = pick_device(opts.device)
+    # No warm-up: the lr of the middle of a run (the optimizer does the same arithmetic at any lr).
     extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size),
-             "--precision", opts.precision]
+             "--precision", opts.precision, "--accum-iter", str(opts.accum_iter), "--warmup-epochs", "0"]
     if opts.patch_size:
         extra += ["--patch-size", str(opts.patch_size)]
-    if opts.model == "cotex":
-        extra += ["--mask-ratio", str(opts.mask_ratio), "--vit-num", str(opts.vit_num)]
-    args = project_args(opts.model, extra)
+    args = project_args(opts, extra)
     seed_everything(0)
-    task = make_task(args)
+    task = task_class(args.track)(args)
     dtype = resolve_precision(args.precision, device)
     autocast = make_autocast(device, dtype)
     model = build_model(task.model_config()).to(device)
     fused_attention = pick_attention(opts, model, device, dtype)
-    lr = scaled_lr(args.blr, args.batch_size, opts.accum_iter, 1)
-    optimizer = build_optimizer(task.param_groups(model), lr, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    # The lr of the middle of a run (after warm-up): the optimizer does the same arithmetic at any lr.
-    schedule = WarmupCosine(lr, args.min_lr, 0, args.epochs)
+    optimisation = build_optimisation(task, model, args, device, dtype, world_size=1)
+    optimizer, scaler, schedule = optimisation.optimizer, optimisation.scaler, optimisation.schedule
     transform = task.input_transform(args.img_size)
     # what the training loader delivers: uint8 crops of the model's size, augmented in its workers
-    batch = random_frames(task.name, args.batch_size, args.img_size, 0, torch.Generator().manual_seed(0))
+    batch = random_frames(task, args.batch_size, args.img_size, 0, torch.Generator().manual_seed(0))
     gflop = count_train_flops(task, model, transform, batch, autocast, device) / 1e9 if opts.flops else None
     if opts.compile:
         model = torch.compile(model)
@@ -225,8 +220,8 @@ def bench_train(opts) -> None:
                                             if device.type == "cuda" and name in device_name(device)), None)
     settings = dict(bench="train", model=opts.model, vit=opts.vit, batch_size=args.batch_size,
                     accum_iter=opts.accum_iter, steps=opts.steps, warmup=opts.warmup,
-                    mask_ratio=args.mask_ratio if opts.model == "cotex" else None,
-                    vit_num=args.vit_num if opts.model == "cotex" else None, img_size=args.img_size,
+                    mask_ratio=getattr(args, "mask_ratio", None), vit_num=getattr(args, "vit_num", None),
+                    img_size=args.img_size,
                     precision=precision_name(dtype), compile=opts.compile,
                     fused_attention=fused_attention, **run_settings(opts, device))
     records = []
@@ -247,8 +242,9 @@ def bench_train(opts) -> None:
 
 def bench_data(opts) -> None:
     device = pick_device(opts.device)
-    args = project_args("emma", ["--data-dir", opts.data_dir, "--img-size", str(opts.img_size)])
-    task = make_task(args)
+    opts.model = "emma"
+    args = project_args(opts, ["--data-dir", opts.data_dir, "--img-size", str(opts.img_size)])
+    task = task_class(args.track)(args)
     train_set, _ = task.train_split()
     augment = task.train_augment(args.img_size)
     loader, sampler = make_train_loader(train_set, augment, opts.batch_size, opts.workers, device, seed=0)
@@ -296,16 +292,14 @@ def bench_eval(opts) -> None:
     extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--precision", opts.precision]
     if opts.patch_size:
         extra += ["--patch-size", str(opts.patch_size)]
-    if opts.model == "cotex":
-        extra += ["--vit-num", str(opts.vit_num)]
     if opts.data_dir:
         extra += ["--data-dir", opts.data_dir]
-    args = project_args(opts.model, extra)
+    args = project_args(opts, extra)
     seed_everything(0)
-    task = make_task(args)
+    task = task_class(args.track)(args)
     dtype = resolve_precision(args.precision, device)
     autocast = make_autocast(device, dtype)
-    model = load_for_eval(task, opts.ckpt, args) if opts.ckpt else build_model(task.model_config())
+    model = task.load_for_eval(opts.ckpt) if opts.ckpt else build_model(task.model_config())
     model.to(device)
     fused_attention = pick_attention(opts, model, device, dtype)
     if opts.compile:
@@ -314,8 +308,8 @@ def bench_eval(opts) -> None:
 
     def make_loader(batches: int):
         if opts.data_dir:
-            return eval_loader(task.val_split(), opts.batch_size, opts.workers, device)
-        batch = random_frames(task.name, opts.batch_size, opts.frame_size, 0, torch.Generator().manual_seed(0))
+            return eval_loader(task.val_split(), opts.batch_size, opts.workers, device, task.eval_collate)
+        batch = random_frames(task, opts.batch_size, opts.frame_size, 0, torch.Generator().manual_seed(0))
         images, _, indices, dropped = batch  # a test list's batches: images and their row indices
         return RepeatedBatches((images, indices, dropped), batches, pin=device.type == "cuda")
 

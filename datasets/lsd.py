@@ -21,9 +21,10 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.images import TolerantDecoder, list_image_folder, read_image_list
+from utils.abaw import LSD_CLASSES
 from utils.errors import UserError
 
-CLASSES = ["ANGER", "DISGUST", "FEAR", "HAPPINESS", "SADNESS", "SURPRISE"]
+CLASSES = [name.upper() for name in LSD_CLASSES]  # the class folders' names
 NUM_CLASSES = len(CLASSES)
 _ALIASES = {"ANGRER": 0, "ANGERE": 0}
 

@@ -25,6 +25,17 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.images import TolerantDecoder, list_image_folder, read_image_list
+from utils.abaw import (
+    AU_MISSING,
+    AU_NAMES,
+    EXPR_MISSING,
+    LABEL_AU,
+    LABEL_COLUMNS,
+    LABEL_EXPR,
+    LABEL_VA,
+    NUM_EXPR,
+    VA_MISSING,
+)
 from utils.errors import UserError
 
 IMAGE_DIR = "cropped_aligned"
@@ -33,14 +44,8 @@ VAL_FILE = "validation_set_annotations.txt"
 TEST_LIST_FILE = "MTL_Challenge_test_set_release.txt"
 TEST_LABEL_FILE = "test_set_annotations.txt"
 
-NUM_FIELDS = 16  # image + V + A + expression + 12 AUs
-NUM_TARGETS = 15
-VA_MISSING = -5.0
-LABEL_MISSING = -1
-NUM_EXPR = 8
-NUM_AU = 12
-FIELD_NAMES = ["image", "valence", "arousal", "expression", "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15",
-               "AU23", "AU24", "AU25", "AU26"]
+FIELD_NAMES = ("image", "valence", "arousal", "expression", *AU_NAMES)
+NUM_FIELDS = len(FIELD_NAMES)  # image + the label columns
 SUBMISSION_HEADER = "image,valence,arousal,expression,aus"
 
 
@@ -111,7 +116,7 @@ def read_annotations(path: str) -> Annotations:
                   else f"field {col + 1} ({FIELD_NAMES[col]}) is empty")
         raise _bad_row(path, int(line_numbers[row]), reason)
 
-    values = np.empty((len(raw), NUM_TARGETS), dtype=np.float64)
+    values = np.empty((len(raw), LABEL_COLUMNS), dtype=np.float64)
     for col in range(1, NUM_FIELDS):
         numbers = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(numbers)
@@ -121,20 +126,20 @@ def read_annotations(path: str) -> Annotations:
                            f"field {col + 1} ({FIELD_NAMES[col]}) is {raw[col].iloc[row]!r}, not a number")
         values[:, col - 1] = numbers
 
-    va = values[:, :2]
+    va = values[:, LABEL_VA]
     bad_va = ~(((va >= -1.0) & (va <= 1.0)) | (va == VA_MISSING))
     if bad_va.any():
         row, col = np.argwhere(bad_va)[0]
         raise _bad_row(path, int(line_numbers[row]),
                        f"{FIELD_NAMES[col + 1]} {va[row, col]:g} is outside [-1, 1] and not the missing code -5")
-    expr = values[:, 2]
-    bad_expr = ~(np.isin(expr, np.arange(NUM_EXPR)) | (expr == LABEL_MISSING))
+    expr = values[:, LABEL_EXPR]
+    bad_expr = ~(np.isin(expr, np.arange(NUM_EXPR)) | (expr == EXPR_MISSING))
     if bad_expr.any():
         row = int(np.argmax(bad_expr))
         raise _bad_row(path, int(line_numbers[row]),
                        f"expression {raw[3].iloc[row]!r} is not an integer in 0..7 or the missing code -1")
-    aus = values[:, 3:]
-    bad_au = ~np.isin(aus, (0, 1, LABEL_MISSING))
+    aus = values[:, LABEL_AU]
+    bad_au = ~np.isin(aus, (0, 1, AU_MISSING))
     if bad_au.any():
         row, col = np.argwhere(bad_au)[0]
         raise _bad_row(path, int(line_numbers[row]),

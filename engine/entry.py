@@ -5,24 +5,21 @@ from __future__ import annotations
 import sys
 
 from engine.cli import parse_args
+from engine.tasks import task_class
 from utils.errors import UserError
 
 
 def main(track: str, description: str, argv=None) -> None:
-    args = parse_args(track, description, argv)
+    stage = task_class(track)
+    args = parse_args(stage, description, argv)
     try:
-        if args.demo:
-            from engine import demo
-
-            demo.configure(args)
+        from engine import demo
         from engine.runner import evaluate_only, train
 
-        if args.eval:
-            evaluate_only(args)
-        else:
-            train(args)
+        started = demo.configure(args, stage) if args.demo else None
+        task = evaluate_only(args) if args.eval else train(args)
         if args.demo:
-            demo.report(args)
+            demo.report(task, args, started)
     except UserError as error:
         # Exceptions raised in DataLoader workers come back with the worker's traceback in their text: keep the
         # last line, which is the message itself.

@@ -33,9 +33,11 @@ class ShardedBatches(Sampler):
         return len(self.batches)
 
 
-def eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+def eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device,
+                collate=collate_uint8) -> DataLoader:
+    """This rank's share of the single-process batches of ``dataset`` (``collate``: the task's ``eval_collate``)."""
     batches = ShardedBatches(len(dataset), batch_size, dist.rank(), dist.world_size())
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_uint8,
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
 
 

@@ -7,22 +7,16 @@ LSD: header ``image,expression``, then ``<name>,<class 0..5>`` per listed image 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from datasets import lsd, mtl
+from utils.atomic import write_text_atomic
 from utils.errors import UserError
 
 
-def _write_atomic(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp"
+def _write_lines(path: str, lines: list[str]) -> None:
     try:
-        with open(tmp, "w", newline="\n") as out:
-            out.write("\n".join(lines) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(path, "\n".join(lines) + "\n")
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
 
@@ -51,7 +45,7 @@ def write_mtl_predictions(path: str, images, va: np.ndarray, expr: np.ndarray, a
     lines = [mtl.SUBMISSION_HEADER]
     for image, (v, a), e, au in zip(images, va, expr, aus):
         lines.append(f"{image},{v:.6f},{a:.6f},{e}," + ",".join(str(x) for x in au))
-    _write_atomic(path, lines)
+    _write_lines(path, lines)
     check_mtl_file(path, images)
 
 
@@ -77,7 +71,7 @@ def write_lsd_predictions(path: str, images, classes: np.ndarray) -> None:
     if len(images) != len(classes):
         raise ValueError("images and predictions differ in length")
     lines = [lsd.SUBMISSION_HEADER] + [f"{image},{c}" for image, c in zip(images, classes)]
-    _write_atomic(path, lines)
+    _write_lines(path, lines)
     check_lsd_file(path, images)
 
 

@@ -1,7 +1,7 @@
-"""One training epoch, for both tracks.
+"""One training epoch, for every stage.
 
-The loop is track-agnostic: the task object turns a batch into a loss. Per micro-batch it moves the uint8 batch
-(augmented by the loader workers) to the device, normalises it there, runs forward and backward under one autocast
+The loop knows no stage: the task (``engine.task.Task``) turns a batch into a loss. Per micro-batch it moves the
+batch (augmented by the loader workers) to the device, normalises it there, runs forward and backward under one autocast
 code path, and accumulates gradients (``no_sync`` on micro-batches that do not update). Per update it sets the lr from
 the schedule, clips, and steps every parameter group together. Losses stay on the device and are read only at log
 intervals.
@@ -113,7 +113,7 @@ def train_one_epoch(task, model, loader, transform, optimizer, scaler, schedule,
             fields = [f.to(device, non_blocking=True) for f in fields]
             with dist.maybe_no_sync(model, enabled=not is_update):
                 with autocast():
-                    loss, parts = task.loss(model, transform(images), fields[0])
+                    loss, parts = task.loss(model, (transform(images), fields[0]))
                 loss = loss * (weight / cycle_len)
                 pending_bad_loss |= ~torch.isfinite(loss.detach())
                 scaler.scale(loss).backward()

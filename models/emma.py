@@ -17,10 +17,9 @@ from torch import Tensor, nn
 from models.dan import DAN
 from models.vit import build_vit
 from models.weights import constructor_arguments, extract_state_dict, load_exactly, read_checkpoint, strip_prefix
+from utils.abaw import NUM_AU, NUM_EXPR
 from utils.errors import UserError
 
-NUM_EXPR = 8
-NUM_AU = 12
 VIT_HEAD_HIDDEN = 512  # reference: Linear(D, 512), ReLU, Linear(512, 20)
 VA_HEAD_HIDDEN = 256  # reference: Linear(28, 256), ReLU, Linear(256, 2), no tanh
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import ROOT, run_entry
 
-from engine import demo, runner
+from engine import demo, runtime
 from engine.cli import parse_args
+from engine.tasks import task_class
 
 
 @pytest.fixture(autouse=True)
@@ -23,13 +24,13 @@ def full_size_demo(monkeypatch):
     ("mtl", ["--patch-embed", "linear"], {"patch_embed": "linear"}),  # linear is also the parser's default
     ("mtl", ["--batch-size", "100"], {"batch_size": 100}),  # 100 is also the parser's default
     ("lsd", ["--batch-size", "64"], {"batch_size": 64}),
-    ("lsd", ["--mask-ratio", "0.75"], {"mask_ratio": 0.75, "batch_size": demo.DEMO_RUN["lsd"]["batch_size"]}),
+    ("lsd", ["--mask-ratio", "0.75"], {"mask_ratio": 0.75, "batch_size": demo.DEMO_COMMON["batch_size"]}),
 ])
 def test_a_typed_flag_wins_over_the_demo_whatever_its_value(track, flags, expected):
     args = parse_args(track, "", ["--demo", *flags])
     for key, value in expected.items():
         assert getattr(args, key) == value, key
-    settings = demo.run_settings(track)
+    settings = demo.run_settings(task_class(track))
     for key, value in settings.items():  # every flag not typed takes the demo's value
         if key not in expected:
             assert getattr(args, key) == value, key
@@ -64,17 +65,17 @@ def test_precision_auto_picks_bf16_only_on_a_cpu_with_native_bf16(tmp_path, monk
     cpuinfo = tmp_path / "cpuinfo"
     key = "Features" if "asimd" in flags else "flags"
     cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
-    original = runner.cpu_flags
-    monkeypatch.setattr(runner, "cpu_flags", lambda: original(str(cpuinfo)))
+    original = runtime.cpu_flags
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: original(str(cpuinfo)))
     cpu = torch.device("cpu")
-    assert runner.resolve_precision("auto", cpu) == (torch.bfloat16 if native else None)
-    assert runner.resolve_precision("bf16", cpu) == torch.bfloat16 and runner.resolve_precision("fp32", cpu) is None
+    assert runtime.resolve_precision("auto", cpu) == (torch.bfloat16 if native else None)
+    assert runtime.resolve_precision("bf16", cpu) == torch.bfloat16 and runtime.resolve_precision("fp32", cpu) is None
 
 
 @pytest.mark.parametrize("supported", [True, False])
 def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, supported):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
-    assert runner.resolve_precision("auto", torch.device("cuda", 0)) == (torch.bfloat16 if supported else None)
+    assert runtime.resolve_precision("auto", torch.device("cuda", 0)) == (torch.bfloat16 if supported else None)
 
 
 LAUNCHERS = ["train_EMMA.sh", "train_masked_CoTEX.sh", "eval_EMMA.sh", "eval_masked_CoTEX.sh", "slurm_EMMA.sbatch"]

@@ -52,8 +52,9 @@ def random_mtl(rng, n=400, missing_fraction=0.3):
 
 def test_names_follow_abaw4_order():
     assert EXPR_NAMES[0] == "Neutral" and EXPR_NAMES[4] == "Happiness" and EXPR_NAMES[7] == "Other"
-    assert AU_NAMES == ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"]
-    assert LSD_CLASSES == ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
+    assert list(AU_NAMES) == ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25",
+                              "AU26"]
+    assert list(LSD_CLASSES) == ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
 
 
 def test_ccc_matches_definition_with_population_statistics():

@@ -4,6 +4,8 @@ Files are read here with plain string handling, independently of the project's l
 """
 
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -12,12 +14,13 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from datasets import synthetic
+from datasets import synthetic, synthetic_cli
+from utils.abaw import AU_NUMBERS, EXPR_NAMES
 from utils.errors import UserError
 
 MTL_HEADER = "image,valence,arousal,expression,AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
-AU_COLUMN = {au: 4 + i for i, au in enumerate((1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26))}
-HAPPINESS, SADNESS, SURPRISE = 4, 5, 6
+AU_COLUMN = {au: 4 + i for i, au in enumerate(AU_NUMBERS)}  # AU number -> field of an annotation row
+HAPPINESS, SADNESS, SURPRISE = (EXPR_NAMES.index(name) for name in ("Happiness", "Sadness", "Surprise"))
 
 
 def read_rows(path):
@@ -340,8 +343,8 @@ def test_bad_values_from_code_are_user_errors(tmp_path):
 
 
 def test_cli_prints_a_one_line_summary_with_speed(tmp_path, capsys):
-    code = synthetic.main(["lsd", str(tmp_path), "--per-class", "2", "--size", "32", "--workers", "1",
-                           "--no-progress"])
+    code = synthetic_cli.main(["lsd", str(tmp_path), "--per-class", "2", "--size", "32", "--workers", "1",
+                               "--no-progress"])
     out = capsys.readouterr().out.strip()
     assert code == 0
     assert len(out.splitlines()) == 1 and "images/s" in out and "wrote 72 images" in out
@@ -352,9 +355,19 @@ def test_cli_prints_a_one_line_summary_with_speed(tmp_path, capsys):
                                   ["mtl", "x", "--workers", "0"], ["mtl", "x", "--seed", "-1"]])
 def test_cli_rejects_bad_values_with_exit_status_2(argv, capsys):
     with pytest.raises(SystemExit) as stop:
-        synthetic.main(argv)
+        synthetic_cli.main(argv)
     assert stop.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_module_runs_as_the_command(tmp_path):
+    """``python -m datasets.synthetic`` hands over to datasets.synthetic_cli: same summary line, exit status 0."""
+    done = subprocess.run([sys.executable, "-m", "datasets.synthetic", "lsd", str(tmp_path), "--per-class", "1",
+                           "--size", "32", "--workers", "1", "--no-progress"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("synthetic lsd: wrote 66 images")
+    assert synthetic.is_generated(tmp_path, "lsd", per_class=1, size=32)
 
 
 def lsd_features(folder):

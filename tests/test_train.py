@@ -43,7 +43,7 @@ def test_mtl_trains_and_writes_every_output_file(mtl_run):
     for key in ("p_mtl", "ccc_v", "ccc_a", "f1_expr", "acc_expr", "f1_au", "f1_per_au", "f1_per_expr", "counts"):
         assert key in metrics
     checkpoint = load(mtl_run / "checkpoints" / "last.pth")
-    assert checkpoint["epoch"] == 2 and checkpoint["model_config"]["name"] == "emma"
+    assert checkpoint["epoch"] == 1 and checkpoint["model_config"]["name"] == "emma"  # index, as in log.jsonl
     assert {"model", "optimizer", "scaler", "step", "args", "rng", "au_thresholds"} <= set(checkpoint)
 
 
@@ -106,7 +106,8 @@ def test_resume_auto_continues_with_the_right_epoch_and_step(mtl_data, tmp_path)
     first = load(tmp_path / "checkpoints" / "last.pth")
     main("mtl", "", common + ["--epochs", "2"])
     second = load(tmp_path / "checkpoints" / "last.pth")
-    assert (first["epoch"], second["epoch"]) == (1, 2)
+    assert (first["epoch"], second["epoch"]) == (0, 1)
+    assert (first["train_state"]["epoch"], second["train_state"]["epoch"]) == (1, 2)  # the next epoch to run
     assert second["step"] == 2 * first["step"] > 0
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
@@ -178,7 +179,7 @@ def test_two_gloo_processes_train_and_count_the_world_in_the_lr(mtl_data, tmp_pa
     assert args["world_size"] == 2
     assert args["lr"] == pytest.approx(args["blr"] * 8 * 2 * 2 / 256)
     checkpoint = load(tmp_path / "checkpoints" / "last.pth")
-    assert checkpoint["epoch"] == 1 and len(checkpoint["rng"]) == 2
+    assert checkpoint["epoch"] == 0 and len(checkpoint["rng"]) == 2
     from models import build_model
 
     build_model(checkpoint["model_config"]).load_state_dict(checkpoint["model"])

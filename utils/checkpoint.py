@@ -1,9 +1,16 @@
-"""Checkpoints: atomic writes, safe loading, and the RNG states that make a resumed run equal an uninterrupted one.
+"""Checkpoints: their content, atomic writes, safe loading, and the RNG states that make a resumed run equal an
+uninterrupted one.
 
-A checkpoint holds only tensors and plain Python values (``model``, ``optimizer``, ``scaler``, ``epoch``, ``step``,
-``args``, ``model_config``, ``metrics``, ``au_thresholds``, ``rng``), so it loads with
-``torch.load(weights_only=True)``:
-a file holding pickled objects of other classes is refused and none of its code runs.
+A checkpoint holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``: a file
+holding pickled objects of other classes is refused and none of its code runs. Its content
+(:func:`checkpoint_content`):
+
+- every checkpoint: ``model`` (state dict), ``model_config`` (rebuilds the model), ``epoch`` (index of the last
+  finished epoch, as in ``log.jsonl``; -1 before the first), ``step`` (optimizer updates), ``args`` (the run's flags),
+  ``metrics`` (validation metrics of that epoch), and the task's extras (MTL: ``au_thresholds``);
+- ``last.pth`` also what a resume needs: ``optimizer``, ``scaler`` (empty unless fp16), ``train_state`` (the loop's
+  position: next epoch, micro-batches done in it, counters), ``best`` (best value of each selection metric so far)
+  and ``rng`` (every process's generator states).
 """
 
 from __future__ import annotations
@@ -13,11 +20,11 @@ import os
 import pickle
 import random
 import re
-import tempfile
 
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 try:  # numpy 2 moved the scalar constructor; pickles name it either way
@@ -26,45 +33,25 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import scalar as _numpy_scalar
 
 
+def checkpoint_content(model_state: dict, config: dict, args: dict, epochs_done: int, step: int, metrics=None,
+                       extras=None, training=None) -> dict:
+    """The dict a checkpoint file holds (module docstring); ``training``: the resume entries, for ``last.pth``."""
+    content = {"model": model_state, "epoch": epochs_done - 1, "step": step, "args": args, "model_config": config,
+               "metrics": metrics or {}, **(extras or {})}
+    if training is not None:
+        content.update(training)
+    return content
+
+
 def save_atomic(obj, path: str) -> None:
-    """Write ``obj`` to ``path`` through a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash or a full disk during the write leaves the previous file intact.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
+    """``torch.save`` through :func:`utils.atomic.atomic_write`: a crash or a full disk during the write leaves the
+    previous file intact."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    except OSError as err:
-        raise UserError(f"cannot write checkpoint to {folder}: {err.strerror or err}; check --output-dir") from None
-    try:
-        with os.fdopen(handle, "wb") as out:
+        with atomic_write(path, "wb") as out:
             torch.save(obj, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_path, path)
     except OSError as err:
-        _remove_quietly(tmp_path)
-        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err} (disk full?); the previous file, "
-                        f"if any, is intact") from None
-    except BaseException:
-        _remove_quietly(tmp_path)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err} (disk full, or --output-dir not "
+                        f"writable?); the previous file, if any, is intact") from None
 
 
 # Plain values that released checkpoints carry next to their tensors: the original CoTEX files store numpy scalar

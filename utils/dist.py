@@ -74,11 +74,6 @@ def all_reduce_sum(values, device) -> torch.Tensor:
     return tensor
 
 
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank when ``flag`` is true on at least one (a collective decision)."""
-    return bool(all_reduce_sum([float(flag)], device).item() > 0)
-
-
 def broadcast_object(obj):
     if not is_distributed():
         return obj
@@ -91,8 +86,8 @@ def gather_by_index(indices: np.ndarray, outputs: np.ndarray, total: int, allow_
     """Reassemble per-sample outputs computed on all ranks into dataset order.
 
     Rank 0 gets ``(outputs (total, ...), predicted mask)``, the others ``(None, None)``. Each index lands in its own
-    row, so a sample predicted twice (a padded shard) counts once. A missing index is an error (a silently short file
-    is worse) unless ``allow_missing``.
+    row (the ranks' shards are disjoint, ``engine.evaluate.ShardedBatches``). A missing index is an error (a silently
+    short file is worse) unless ``allow_missing``, where the caller fills the rows the mask marks unpredicted.
     """
     parts = [(indices, outputs)]
     if is_distributed():

@@ -11,12 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VA_MISSING = -5
-EXPR_MISSING = -1
-AU_MISSING = -1
-
-NUM_EXPR = 8
-NUM_AU = 12
+from utils.abaw import (
+    AU_MISSING,
+    EXPR_MISSING,
+    LABEL_AU,
+    LABEL_COLUMNS,
+    NUM_AU,
+    OUT_AU,
+    OUT_EXPR,
+    OUT_VA,
+    OUTPUT_WIDTH,
+    VA_MISSING,
+)
 
 # BCE pos_weight per AU (order AU1, AU2, AU4, AU6, AU7, AU10, AU12, AU15, AU23, AU24, AU25, AU26), the values of the
 # reference EMMA loss (ABAW4.md). They look like negatives/positives ratios, but of a label set other than
@@ -89,12 +95,13 @@ class MTLLoss(nn.Module):
         self.register_buffer("pos_weight", pos_weight, persistent=False)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor):
-        if output.shape[-1] != 2 + NUM_EXPR + NUM_AU or target.shape[-1] != 3 + NUM_AU:
-            raise ValueError(f"MTLLoss expects output (B, 22) and target (B, 15), got {output.shape}, {target.shape}")
-        va_logits, expr_logits, au_logits = output[:, :2], output[:, 2 : 2 + NUM_EXPR], output[:, 2 + NUM_EXPR :]
+        if output.shape[-1] != OUTPUT_WIDTH or target.shape[-1] != LABEL_COLUMNS:
+            raise ValueError(f"MTLLoss expects output (B, {OUTPUT_WIDTH}) and target (B, {LABEL_COLUMNS}), got "
+                             f"{output.shape}, {target.shape}")
+        va_logits, expr_logits, au_logits = output[:, OUT_VA], output[:, OUT_EXPR], output[:, OUT_AU]
         loss_va = ccc_loss(va_logits[:, 0], target[:, 0]) + ccc_loss(va_logits[:, 1], target[:, 1])
         loss_expr = masked_cross_entropy(expr_logits, target[:, 2])
-        loss_au = masked_bce_with_logits(au_logits, target[:, 3:], self.pos_weight)
+        loss_au = masked_bce_with_logits(au_logits, target[:, LABEL_AU], self.pos_weight)
         total = self.lambda_va * loss_va + self.lambda_expr * loss_expr + self.lambda_au * loss_au
         return total, {"va": loss_va.detach(), "expr": loss_expr.detach(), "au": loss_au.detach()}
 

@@ -10,20 +10,21 @@ Results are plain Python floats, ints and lists so that they go straight into JS
 
 import numpy as np
 
+from utils.abaw import (
+    AU_MISSING,
+    AU_NAMES,
+    DEFAULT_AU_THRESHOLD,
+    EXPR_MISSING,
+    EXPR_NAMES,
+    LABEL_AU,
+    LABEL_COLUMNS,
+    LABEL_EXPR,
+    LABEL_VA,
+    LSD_CLASSES,
+    SMOOTHING_WINDOWS,
+    VA_MISSING,
+)
 from utils.errors import UserError
-
-EXPR_NAMES = ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"]
-AU_NAMES = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"]
-LSD_CLASSES = ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
-
-VA_MISSING = -5
-EXPR_MISSING = -1
-AU_MISSING = -1
-
-# Column layout of an MTL label row: valence, arousal, expression, then the 12 AUs.
-LABEL_COLUMNS = 3 + len(AU_NAMES)
-
-DEFAULT_AU_THRESHOLD = 0.5
 
 
 def ccc(pred, true) -> float:
@@ -83,7 +84,7 @@ def _split_labels(labels):
     labels = np.asarray(labels, dtype=np.float64)
     if labels.ndim != 2 or labels.shape[1] != LABEL_COLUMNS:
         raise ValueError(f"MTL labels must have shape (N, {LABEL_COLUMNS}), got {labels.shape}")
-    return labels[:, :2], labels[:, 2], labels[:, 3:]
+    return labels[:, LABEL_VA], labels[:, LABEL_EXPR], labels[:, LABEL_AU]
 
 
 def va_ccc(va_pred, va_true) -> tuple[float, float]:
@@ -234,7 +235,7 @@ def smooth_by_video(values, videos, frames, window: int) -> np.ndarray:
     return smoothed.reshape(values.shape)
 
 
-def choose_smoothing(va_pred, va_true, videos, frames, windows=(0, 3, 5, 9, 15, 25, 45)) -> tuple[int, dict]:
+def choose_smoothing(va_pred, va_true, videos, frames, windows=SMOOTHING_WINDOWS) -> tuple[int, dict]:
     """Pick the VA smoothing window with the best mean CCC on validation.
 
     Returns (best window, {window: (CCC_V + CCC_A) / 2}). The answer is 0 (no smoothing) unless some window is

@@ -9,6 +9,7 @@ import sys
 import time
 
 from utils import dist
+from utils.atomic import atomic_write
 
 
 def log(message: str) -> None:
@@ -39,11 +40,9 @@ def write_json(path: str, obj) -> None:
     """Write a JSON file atomically (rank 0 only)."""
     if not dist.is_main():
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as out:
+    with atomic_write(path) as out:
         json.dump(_plain(obj), out, indent=2, allow_nan=False)
         out.write("\n")
-    os.replace(tmp, path)
 
 
 class RunMonitor:

@@ -1,0 +1,403 @@
+"""EMMA on the ABAW4 multi-task learning track: the :class:`engine.task.Task` of ``main_mtl.py``.
+
+Outputs per frame ``[VA(2), EXPR(8), AU(12)]`` (``utils.abaw``). Besides the shared files, evaluation offers two
+extras, both off by default so that a plain evaluation reports the model itself: per-AU thresholds tuned on
+validation (``--tune-au-thresholds``, saved next to the outputs, never into a checkpoint) and temporal smoothing of
+VA and of expression probabilities, with the window chosen on validation (``--smooth-va auto``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from datasets import mtl
+from datasets.images import ImageListDataset
+from datasets.transforms import mtl_train_augment
+from engine import plots, submission
+from engine.cli import non_negative_float, smoothing_window
+from engine.task import (
+    MODEL_FLAGS,
+    ImageTask,
+    Selection,
+    check_model_flags,
+    fill_unpredicted,
+    model_from_checkpoint,
+    require_present,
+    save_figures,
+    write_metrics,
+)
+from utils import abaw, metrics
+from utils.errors import UserError
+from utils.losses import MTLLoss
+from utils.monitor import log, warn, write_json
+from utils.optim import vit_param_groups
+
+AU_THRESHOLDS_FILE = "au_thresholds.json"
+
+
+class MTLTask(ImageTask):
+    """EMMA: an MAE ViT for expressions and AUs, a frozen DAN, and a VA head over both."""
+
+    name = "mtl"
+    prog = "main_mtl.py"
+    # The reference recipe (ABAW4.md).
+    defaults = dict(output_dir="runs/emma", epochs=30, warmup_epochs=5, batch_size=100, accum_iter=4, blr=5e-4,
+                    min_lr=1e-6, layer_decay=0.65, weight_decay=0.05, drop_path=0.1, clip_grad=0.05)
+    # EMMA without its DAN branch: there is no AffectNet DAN for synthetic faces, and a random frozen DAN's scores
+    # would be large noise in the VA head's input.
+    demo_run = dict(img_size=48, warmup_epochs=0.4, output_dir="runs/demo_mtl", va_lr=1e-3, dan="none",
+                    au_pos_weight="data", tune_au_thresholds=True)
+    demo_data = dict(synthetic="mtl", full=dict(videos=240, frames=100, size=64, seed=0),
+                     small=dict(videos=6, frames=12, size=32, seed=0))
+    batch_size_help = "per-process batch size (default: %(default)s)"
+    output_width = abaw.OUTPUT_WIDTH
+    selection = Selection({"mtl": "p_mtl", "va": "va", "expr": "f1_expr", "au": "f1_au"})
+    model_flags = dict(MODEL_FLAGS, dan="dan")
+
+    def __init__(self, args):
+        self.args = args
+        self.au_thresholds = [abaw.DEFAULT_AU_THRESHOLD] * abaw.NUM_AU
+        self._test = None  # (listed images, rows filled from stand-in images), once the test split is read
+
+    # ---- command line
+    @staticmethod
+    def add_flags(groups) -> None:
+        groups["model"].add_argument(
+            "--dan-ckpt", "--exp_pretrained_model_paths", metavar="PATH",
+            help="AffectNet-pretrained DAN checkpoint ({'model_state_dict': ...}); absent: random DAN (warning)")
+        groups["model"].add_argument(
+            "--dan", choices=["frozen", "none"], default="frozen",
+            help="frozen: the reference's frozen DAN feeds its expression scores to the VA head; none: EMMA without "
+                 "the DAN branch, for data without an expression-pretrained DAN (the demo) (default: %(default)s)")
+        groups["optim"].add_argument(
+            "--au-pos-weight", choices=["reference", "data"], default="reference",
+            help="AU BCE pos_weight: the reference's values (tuned to s-Aff-Wild2) or negatives/positives of the "
+                 "training annotations (default: %(default)s)")
+        groups["optim"].add_argument(
+            "--va-lr", "--va_lr", type=non_negative_float, default=1e-4,
+            help="constant learning rate of the VA head, as the reference's separate Adam (default: %(default)s)")
+        evaluation = groups["evaluation"]
+        evaluation.add_argument(
+            "--tune-au-thresholds", action="store_true",
+            help="pick a per-AU threshold on validation and use it for the test file; the thresholds are saved in "
+                 f"<output-dir>/{AU_THRESHOLDS_FILE} (the checkpoint is never modified)")
+        evaluation.add_argument(
+            "--au-thresholds", metavar="FILE",
+            help=f"with --eval: per-AU thresholds from an earlier run's {AU_THRESHOLDS_FILE} (or val_metrics.json), "
+                 "instead of the checkpoint's (default: the checkpoint's, else 0.5)")
+        evaluation.add_argument(
+            "--smooth-va", type=smoothing_window, default=0, metavar="{auto,0,W}",
+            help="average VA over W neighbouring frames of a video; auto picks W on validation (default: off)")
+        evaluation.add_argument("--smooth-expr", type=smoothing_window, default=0, metavar="{auto,0,W}",
+                                help="the same for expression probabilities (default: off)")
+
+    @staticmethod
+    def derived_defaults(args) -> dict:
+        return {}
+
+    @staticmethod
+    def check_flags(args, error) -> None:
+        if args.au_thresholds and not args.eval:
+            error("--au-thresholds applies to --eval (a training run writes its files with the thresholds of "
+                  "--tune-au-thresholds, or 0.5)")
+        if args.au_thresholds and not os.path.isfile(args.au_thresholds):
+            error(f"--au-thresholds {args.au_thresholds}: no such file")
+
+    # ---- data
+    def image_root(self) -> str:
+        return os.path.join(self.args.data_dir, mtl.IMAGE_DIR)
+
+    @cached_property
+    def train_annotations(self) -> mtl.Annotations:
+        return mtl.load_split(self.args.data_dir, mtl.TRAIN_FILE, log=log)
+
+    @cached_property
+    def val_annotations(self) -> mtl.Annotations:
+        return mtl.load_split(self.args.data_dir, mtl.VAL_FILE, log=log)
+
+    @cached_property
+    def loss_fn(self) -> MTLLoss:
+        if self.args.au_pos_weight != "data":
+            return MTLLoss()
+        weights = data_pos_weight(self.train_annotations.targets[:, abaw.LABEL_AU])
+        log("AU pos_weight from the training annotations: " + " ".join(f"{w:.2f}" for w in weights))
+        return MTLLoss(pos_weight=weights)
+
+    def train_split(self):
+        annotations = self.train_annotations
+        self.loss_fn  # noqa: B018 - built now, so that its message comes with the data's
+        return mtl.MTLDataset(self.image_root(), annotations, skip_bad=True), annotations.images
+
+    def val_split(self):
+        return mtl.MTLDataset(self.image_root(), self.val_annotations, skip_bad=self.args.allow_missing)
+
+    def test_split(self):
+        """The test list's frames; absent images are an error, or stand-ins (the nearest frame of the same video)
+        with ``--allow-missing``."""
+        path = self.args.test_list or os.path.join(self.args.data_dir, mtl.TEST_LIST_FILE)
+        if not os.path.isfile(path):
+            return None
+        images = mtl.read_test_list(path)
+        present = mtl.list_available(self.image_root(), images)
+        load_paths, filled = images.copy(), []
+        if not present.all():
+            require_present(images, present, self.image_root(), self.args.allow_missing)
+            replacement = mtl.nearest_frames(self.image_root(), images, ~present)
+            load_paths = np.array([replacement.get(image, image) for image in images], dtype=object)
+            filled = [int(i) for i in np.flatnonzero(~present)]
+        self._test = (images, filled)
+        return ImageListDataset(self.image_root(), load_paths, skip_bad=self.args.allow_missing)
+
+    def train_augment(self, img_size: int):
+        return mtl_train_augment(img_size)
+
+    def random_targets(self, count: int, generator):
+        va = torch.rand(count, 2, generator=generator) * 2 - 1
+        expr = torch.randint(0, abaw.NUM_EXPR, (count, 1), generator=generator).float()
+        aus = torch.randint(0, 2, (count, abaw.NUM_AU), generator=generator).float()
+        return torch.cat([va, expr, aus], dim=1)
+
+    # ---- model
+    def model_config(self) -> dict:
+        a = self.args
+        config = dict(name="emma", vit_size=a.vit, img_size=a.img_size, drop_path=a.drop_path,
+                      global_pool=a.global_pool, patch_size=a.patch_size, patch_embed=a.patch_embed)
+        if a.dan != "frozen":  # configs record the DAN setting only when it is not the reference's
+            config["dan"] = a.dan
+        return config
+
+    def check_model_flags(self, config: dict, path: str) -> None:
+        check_model_flags(config, self.args, path, self.model_flags, saved_defaults={"dan": "frozen"})
+
+    def load_pretrained(self, model) -> None:
+        from models.dan import load_dan_weights
+        from models.vit import load_mae_weights
+
+        if self.args.mae_ckpt:
+            if len(self.args.mae_ckpt) != 1:
+                raise UserError("EMMA has one ViT: give one --mae-ckpt")
+            load_mae_weights(model.vit, self.args.mae_ckpt[0], log=log)
+        else:
+            warn("no --mae-ckpt: the ViT starts from random weights; expect far lower scores than the reference")
+        if model.cnn is None:
+            if self.args.dan_ckpt:
+                raise UserError("--dan-ckpt was given with --dan none (EMMA without its DAN); drop one of them")
+            log("--dan none: EMMA without the DAN branch; the VA head reads the ViT's expression and AU outputs")
+        elif self.args.dan_ckpt:
+            load_dan_weights(model.cnn, self.args.dan_ckpt, log=log)
+        else:
+            warn("no --dan-ckpt: the frozen DAN has random weights, so its expression scores carry no information")
+
+    def load_for_eval(self, path: str):
+        """This project's checkpoints rebuild their model (and bring their AU thresholds); the authors' released
+        EMMA files are read into the model the flags describe."""
+        from models import build_model
+        from models.emma import load_emma_checkpoint
+        from utils.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(self, checkpoint, path, "emma")
+        if model is not None:
+            if checkpoint.get("au_thresholds"):
+                self.au_thresholds = list(checkpoint["au_thresholds"])
+        else:
+            model = build_model(self.model_config())
+            load_emma_checkpoint(model, path, log=log)  # by path, so that errors name the file
+        if self.args.au_thresholds:
+            self.au_thresholds = read_au_thresholds(self.args.au_thresholds)
+            log(f"AU thresholds from {self.args.au_thresholds}: " + " ".join(f"{t:.2f}" for t in self.au_thresholds))
+        return model
+
+    def param_groups(self, model) -> list[dict]:
+        groups = vit_param_groups(model.vit, self.args.weight_decay, self.args.layer_decay)
+        # The reference trained the VA head with its own Adam at a constant lr and no weight decay.
+        groups.append({"params": list(model.va_head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0,
+                       "fixed_lr": self.args.va_lr})
+        return groups
+
+    def scales_lr(self) -> bool:
+        return True
+
+    # ---- training and prediction
+    def loss(self, model, batch):
+        inputs, targets = batch
+        return self.loss_fn(model(inputs), targets)
+
+    def predict(self, model, inputs):
+        return model(inputs)
+
+    # ---- metrics and files
+    def decode(self, outputs: np.ndarray, thresholds=None):
+        """Output rows -> (VA, expression index, AU 0/1), rounded as written to the prediction files, so that the
+        reported metrics are those of the files."""
+        va = np.round(np.clip(outputs[:, abaw.OUT_VA].astype(np.float64), -1.0, 1.0), 6)
+        expr = outputs[:, abaw.OUT_EXPR].argmax(1)
+        aus = metrics.au_decisions(abaw.au_probabilities(outputs),
+                                   self.au_thresholds if thresholds is None else thresholds)
+        return va, expr, aus
+
+    def val_metrics(self, outputs: np.ndarray) -> dict:
+        va, expr, aus = self.decode(outputs)
+        result = metrics.mtl_metrics(va, expr, aus, self.val_annotations.targets)
+        result["va"] = (result["ccc_v"] + result["ccc_a"]) / 2
+        return result
+
+    def checkpoint_extras(self) -> dict:
+        return {"au_thresholds": list(self.au_thresholds)}
+
+    def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
+        test_images = self._test[0] if test_outputs is not None else None
+        val_outputs, test_outputs, report = self._postprocess(out_dir, val_outputs, test_outputs, test_images,
+                                                              checkpoint_path)
+        val = self.val_metrics(val_outputs)
+        val.update(report)
+        write_metrics(out_dir, "val", val)
+        submission.write_mtl_predictions(os.path.join(out_dir, "val_predictions.txt"), self.val_annotations.images,
+                                         *self.decode(val_outputs))
+        if test_outputs is not None:
+            test_outputs = self._fill(test_outputs, test_seen)
+            path = os.path.join(out_dir, "test_predictions.txt")
+            submission.write_mtl_predictions(path, test_images, *self.decode(test_outputs))
+            log(f"wrote {path} ({len(test_outputs)} rows)")
+            test = self._test_metrics(test_outputs, test_images)
+            if test is not None:
+                write_metrics(out_dir, "test", test)
+        save_figures(plots.mtl_figures(self, val_outputs), out_dir)
+        return val
+
+    def _fill(self, outputs, seen):
+        """Unreadable test frames take the output of the nearest predicted frame of the same video (any predicted
+        frame where the video has none)."""
+        images, filled = self._test
+        videos, frames = mtl.video_and_frame(images)
+
+        def nearest(row, predicted):
+            same = predicted[videos[predicted] == videos[row]]
+            pool = same if len(same) else predicted
+            return outputs[pool[np.argmin(np.abs(frames[pool] - frames[row]))]]
+
+        return fill_unpredicted(outputs, seen, images, nearest, filled)
+
+    def _test_metrics(self, outputs: np.ndarray, images) -> dict | None:
+        path = os.path.join(self.args.data_dir, mtl.TEST_LABEL_FILE)
+        if not os.path.isfile(path):
+            return None
+        labels = mtl.read_annotations(path)
+        by_image = dict(zip(labels.images, labels.targets))
+        missing = [image for image in images if image not in by_image]
+        if missing:
+            warn(f"{path} has no labels for {len(missing)} test images; test metrics skipped")
+            return None
+        targets = np.stack([by_image[image] for image in images])
+        return metrics.mtl_metrics(*self.decode(outputs), targets)
+
+    def _postprocess(self, out_dir, val_outputs, test_outputs, test_images, checkpoint_path):
+        """AU thresholds tuned on validation, and temporal smoothing with windows chosen on validation."""
+        args = self.args
+        report = {"au_thresholds": list(self.au_thresholds)}
+        labels = self.val_annotations.targets
+        if args.tune_au_thresholds:
+            thresholds, before, after = metrics.tune_au_thresholds(abaw.au_probabilities(val_outputs),
+                                                                   labels[:, abaw.LABEL_AU])
+            self.au_thresholds = thresholds
+            report.update(au_thresholds=thresholds, f1_au_before_tuning=before, f1_au_after_tuning=after)
+            path = os.path.join(out_dir, AU_THRESHOLDS_FILE)
+            write_json(path, {"au_thresholds": thresholds, "f1_au_before_tuning": before, "f1_au_after_tuning": after,
+                              "checkpoint": checkpoint_path})
+            log(f"AU thresholds tuned on validation: F1_AU {before:.4f} -> {after:.4f}; saved in {path} "
+                f"(--eval --au-thresholds {path} applies them again)")
+        videos, frames = mtl.video_and_frame(self.val_annotations.images)
+        for flag, columns, what in ((args.smooth_va, abaw.OUT_VA, "va"), (args.smooth_expr, abaw.OUT_EXPR, "expr")):
+            if flag == 0:
+                continue
+            if flag == "auto":
+                if what == "va":
+                    window, scores = metrics.choose_smoothing(val_outputs[:, columns], labels[:, abaw.LABEL_VA],
+                                                              videos, frames)
+                else:
+                    window, scores = _choose_expr_window(val_outputs, labels, videos, frames)
+                log(f"--smooth-{what} auto: window {window} chosen on validation "
+                    f"({', '.join(f'{w}: {s:.4f}' for w, s in scores.items())})")
+            else:
+                window = int(flag)
+            report[f"smooth_{what}_window"] = window
+            if window > 1:
+                val_outputs = val_outputs.copy()
+                val_outputs[:, columns] = _smooth(val_outputs[:, columns], videos, frames, window, what)
+                if test_outputs is not None:
+                    test_videos, test_frames = mtl.video_and_frame(test_images)
+                    test_outputs = test_outputs.copy()
+                    test_outputs[:, columns] = _smooth(test_outputs[:, columns], test_videos, test_frames, window,
+                                                       what)
+        return val_outputs, test_outputs, report
+
+    def demo_score(self, out_dir: str):
+        path = os.path.join(out_dir, "test_metrics.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as handle:
+            test = json.load(handle)
+        labels = mtl.read_annotations(os.path.join(self.args.data_dir, mtl.TEST_LABEL_FILE)).targets
+        return "P_MTL", test["p_mtl"], self.constant_baseline(labels)["p_mtl"]
+
+    def constant_baseline(self, targets: np.ndarray) -> dict:
+        """Scores of constant predictions on the same frames: training means for VA, the most frequent expression,
+        every AU present (the constant with the highest F1 per AU, 2p/(1+p); predicting an AU absent scores 0)."""
+        train = mtl.read_annotations(os.path.join(self.args.data_dir, mtl.TRAIN_FILE)).targets
+        va_mean = [train[train[:, i] != abaw.VA_MISSING, i].mean() for i in range(2)]
+        expr_labels = train[:, abaw.LABEL_EXPR]
+        expr_mode = np.bincount(expr_labels[expr_labels >= 0].astype(int), minlength=abaw.NUM_EXPR).argmax()
+        n = len(targets)
+        return metrics.mtl_metrics(np.tile(va_mean, (n, 1)), np.full(n, expr_mode),
+                                   np.ones((n, abaw.NUM_AU), dtype=int), targets)
+
+
+def read_au_thresholds(path: str) -> list[float]:
+    """Per-AU thresholds from a JSON file with an ``au_thresholds`` list of 12 (``au_thresholds.json`` or
+    ``val_metrics.json`` of an earlier run)."""
+    try:
+        with open(path) as handle:
+            thresholds = json.load(handle)["au_thresholds"]
+        thresholds = [float(value) for value in thresholds]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--au-thresholds {path}: not a JSON file with an au_thresholds list ({err})") from None
+    if len(thresholds) != abaw.NUM_AU or not all(0.0 <= value <= 1.0 for value in thresholds):
+        raise UserError(f"--au-thresholds {path}: expected {abaw.NUM_AU} thresholds in [0, 1], got {thresholds}")
+    return thresholds
+
+
+def data_pos_weight(aus: np.ndarray) -> list[float]:
+    """Negatives / positives per AU over the labelled entries (the rule behind BCE pos_weight), at least 1e-3."""
+    weights = []
+    for column in aus.T:
+        labelled = column[column != abaw.AU_MISSING]
+        positives = max(float((labelled == 1).sum()), 1.0)
+        weights.append(max(float((labelled == 0).sum()) / positives, 1e-3))
+    return weights
+
+
+def _smooth(values, videos, frames, window, what):
+    if what == "expr":  # average probabilities, then back to log space so that argmax still applies
+        shifted = values - values.max(1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+        return np.log(np.maximum(metrics.smooth_by_video(probs, videos, frames, window), 1e-12))
+    return metrics.smooth_by_video(values, videos, frames, window)
+
+
+def _choose_expr_window(outputs, labels, videos, frames, windows=abaw.SMOOTHING_WINDOWS):
+    """The expression smoothing window with the best F1_EXPR on validation (0 unless one is strictly better)."""
+    known = labels[:, abaw.LABEL_EXPR] != abaw.EXPR_MISSING
+    logits = outputs[:, abaw.OUT_EXPR]
+    scores = {}
+    for window in windows:
+        smoothed = _smooth(logits, videos, frames, window, "expr") if window > 1 else logits
+        no_aus = np.zeros((len(outputs), abaw.NUM_AU), int)
+        scores[window] = metrics.mtl_metrics(outputs[:, abaw.OUT_VA], smoothed.argmax(1), no_aus,
+                                             labels)["f1_expr"] if known.any() else 0.0
+    best = max(scores, key=lambda w: (scores[w] > scores[0], scores[w], -w))
+    return (best if scores[best] > scores[0] else 0), scores

@@ -1,0 +1,257 @@
+"""The written contract between a training stage and the code that runs it.
+
+A stage (EMMA on the MTL track, masked CoTEX on the LSD track, and the stages to come) is a :class:`Task`: its
+flags, data, model, loss, predictions, metrics and files. The runner (``engine.runner``), the training loop
+(``engine.train``), prediction (``engine.evaluate``), the report (``engine.report``), the command line
+(``engine.cli``) and the demo (``engine.demo``) call only what is written here and never ask which stage they run.
+A new stage adds an implementation and one line in ``engine.tasks.TASKS``.
+
+Batches. A loader yields ``(inputs, *fields, dropped)``: ``inputs`` a tensor with the batch first (uint8 images
+today, feature windows tomorrow; ``None`` when no sample of the batch could be read), ``fields`` the targets in
+training and the dataset indices in evaluation, ``dropped`` the indices of unreadable samples. The loop moves the
+tensors to the device and applies :meth:`Task.input_transform` before :meth:`Task.loss` or :meth:`Task.predict`.
+
+The helpers below serve every implementation: the best-checkpoint rule, the model-flag check of a checkpoint, the
+filling of unpredicted test rows, and saving the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from engine.cli import flag_name
+from utils.errors import UserError
+from utils.monitor import RunMonitor, log, warn, write_json
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which validation metrics keep a best checkpoint (``best_<short>.pth`` for each ``short: key``), higher being
+    better; the first is the main one: the files written after training come from its checkpoint."""
+
+    metrics: dict[str, str]
+
+    @property
+    def main(self) -> str:
+        return next(iter(self.metrics))
+
+    def improved(self, values: dict, best: dict) -> list[str]:
+        """The short names whose metric beats the best so far; ``best`` is updated in place."""
+        better = []
+        for short, key in self.metrics.items():
+            if key in values and values[key] > best.get(short, -float("inf")):
+                best[short] = values[key]
+                better.append(short)
+        return better
+
+
+class Task(Protocol):
+    """What a stage provides. The class carries the stage's flags and settings; an instance is built from the parsed
+    flags (``Task(args)``) and reads the flags it defined."""
+
+    # ---- the stage's command line (class level)
+    name: ClassVar[str]  # "mtl", "lsd": the entry point's track, also recorded in args.json
+    prog: ClassVar[str]  # the entry script, for --help and error lines
+    defaults: ClassVar[dict]  # the reference recipe's values of the shared flags (epochs, lr, batch, ...)
+    demo_run: ClassVar[dict]  # flag values of --demo (typed flags win over them)
+    # The demo's synthetic data set: {"synthetic": generator track, "full": parameters, "small": parameters}
+    demo_data: ClassVar[dict]
+    batch_size_help: ClassVar[str]  # --help of --batch-size, whose default may be derived (derived_defaults)
+
+    @staticmethod
+    def add_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
+        """Add the stage's own flags to the shared groups ("data", "model", "optim", "evaluation")."""
+
+    @staticmethod
+    def derived_defaults(args: argparse.Namespace) -> dict:
+        """Defaults that depend on other flags' values, for flags left untyped (e.g. LSD's batch from the mask
+        ratio); the parser takes them as defaults and parses again, so parsed flags are never rewritten."""
+
+    @staticmethod
+    def check_flags(args: argparse.Namespace, error) -> None:
+        """Reject inconsistent stage flags: ``error(message)`` exits with one line."""
+
+    # ---- data
+    def train_split(self) -> tuple[torch.utils.data.Dataset, Any]:
+        """The training dataset and the names of its samples (for messages about unreadable ones)."""
+
+    def val_split(self) -> torch.utils.data.Dataset:
+        """The validation dataset (read once; later calls return the same)."""
+
+    def test_split(self) -> torch.utils.data.Dataset | None:
+        """The test list's dataset, or None when there is no test list."""
+
+    def train_augment(self, img_size: int):
+        """Per-sample training augmentation to the model's input size (run in the loader workers), with a
+        ``collate`` method that makes the batch."""
+
+    def eval_collate(self, samples: list):
+        """The collate of an evaluation batch."""
+
+    def input_transform(self, img_size: int):
+        """The device-side transform of a batch's inputs into model inputs."""
+
+    def random_targets(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Valid random targets of ``count`` samples, as a training batch carries them (benchmarks, tests)."""
+
+    # ---- model
+    def model_config(self) -> dict:
+        """The model's constructor config from the flags (``models.build_model`` builds it; checkpoints keep it)."""
+
+    def load_pretrained(self, model) -> None:
+        """Initialise a new model from the pretrained weights the flags name (warn where none are given)."""
+
+    def load_for_eval(self, path: str):
+        """The model of a checkpoint file, this project's or a released one, ready for :meth:`predict`."""
+
+    def check_model_flags(self, config: dict, path: str) -> None:
+        """A typed model flag that contradicts a checkpoint's config is a one-line :class:`UserError`."""
+
+    def param_groups(self, model) -> list[dict]:
+        """The optimiser's parameter groups (``lr_scale``, ``weight_decay``, optional ``fixed_lr``)."""
+
+    def scales_lr(self) -> bool:
+        """Whether the recipe scales ``--blr`` by the effective batch / 256."""
+
+    # ---- training and prediction
+    def loss(self, model, batch: tuple) -> tuple[torch.Tensor, dict]:
+        """``(inputs, targets)`` on the device -> the loss to minimise and its detached parts for the logs."""
+
+    def predict(self, model, inputs: torch.Tensor) -> torch.Tensor:
+        """Model inputs -> one output row of ``output_width`` values per sample."""
+
+    output_width: int
+
+    # ---- metrics and files
+    selection: ClassVar[Selection]
+
+    def val_metrics(self, outputs: np.ndarray) -> dict:
+        """Scores of validation outputs (rank 0), including every key of :attr:`selection`."""
+
+    def checkpoint_extras(self) -> dict:
+        """Plain values a checkpoint carries for evaluation besides the weights (e.g. AU thresholds)."""
+
+    def write_outputs(self, out_dir: str, val_outputs: np.ndarray, test_outputs: np.ndarray | None,
+                      test_seen: np.ndarray | None, checkpoint_path: str | None) -> dict:
+        """Rank 0, after training and in ``--eval``: post-process, write ``val_metrics.json``,
+        ``val_predictions.txt``, ``test_predictions.txt`` (and ``test_metrics.json`` where test labels exist) and
+        the figures; returns the validation metrics."""
+
+    def demo_score(self, out_dir: str) -> tuple[str, float, float] | None:
+        """(metric name, synthetic test score, score of constant predictions), or None without test labels."""
+
+
+# The model flags every stage shares, as entries of a saved model config -> the flags' destinations.
+MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size": "patch_size", "patch_embed": "patch_embed",
+               "global_pool": "global_pool"}
+
+
+def check_model_flags(config: dict, args, path: str, flags: dict = MODEL_FLAGS, saved_defaults: dict = None) -> None:
+    """A checkpoint that carries its model config decides the model (input size included); a model flag typed on
+    the command line that says otherwise is a user's mismatch, reported in one line.
+
+    ``flags``: config entries -> flag destinations; ``saved_defaults``: values of entries a config may leave out.
+    """
+    from models.vit import VIT_PRESETS
+
+    def resolved(key, value):  # patch size None means the size's own
+        if key == "patch_size" and value is None:
+            return VIT_PRESETS.get(config.get("vit_size"), {}).get("patch_size")
+        return value
+
+    saved = {**(saved_defaults or {}), **config}
+    typed = getattr(args, "typed", ())
+    conflicts = [f"{flag_name(dest)} {getattr(args, dest)} (the checkpoint: {saved[key]})"
+                 for key, dest in flags.items()
+                 if dest in typed and key in saved and resolved(key, getattr(args, dest)) != resolved(key, saved[key])]
+    if conflicts:
+        raise UserError(f"{path} was trained with another model than your flags say: {', '.join(conflicts)}; drop "
+                        f"those flags, the model is rebuilt from the checkpoint")
+
+
+def require_present(images, present, root: str, allow_missing: bool) -> None:
+    """A test list naming absent images is an error, unless ``--allow-missing`` (the rows are filled later)."""
+    missing = images[~present]
+    if len(missing) and not allow_missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UserError(f"{len(missing)} test-list images are missing under {root}: {shown}; restore them, or pass "
+                        f"--allow-missing to fill them from stand-ins")
+
+
+def fill_unpredicted(outputs: np.ndarray, seen: np.ndarray, names, stand_in, filled=()) -> np.ndarray:
+    """``--allow-missing``: rows that could not be predicted (absent or unreadable images) take
+    ``stand_in(row, predicted_rows)``'s row; every filled row is listed in one warning (``filled``: rows already
+    filled from stand-in images)."""
+    filled = set(filled)
+    unpredicted = np.flatnonzero(~seen)
+    if len(unpredicted):
+        predicted = np.flatnonzero(seen)
+        if len(predicted) == 0:
+            raise RuntimeError("no test image could be read")
+        for row in unpredicted:
+            outputs[row] = stand_in(row, predicted)
+        filled |= {int(row) for row in unpredicted}
+    if filled:
+        rows = sorted(filled)
+        shown = [str(names[row]) for row in rows]
+        warn(f"--allow-missing: {len(rows)} test rows were filled from stand-ins: {', '.join(shown[:10])}"
+             + (" ..." if len(rows) > 10 else ""))
+    return outputs
+
+
+class ImageTask:
+    """What the stages over face images share: uint8 image batches, normalised and resized on the device."""
+
+    def eval_collate(self, samples):
+        from datasets.images import collate_uint8
+
+        return collate_uint8(samples)
+
+    def input_transform(self, img_size: int):
+        from datasets.transforms import BatchTransform
+
+        return BatchTransform(img_size)
+
+
+def write_metrics(out_dir: str, split: str, values: dict) -> None:
+    """``<out_dir>/<split>_metrics.json``, and the scalar scores in one line of the log."""
+    write_json(os.path.join(out_dir, f"{split}_metrics.json"), values)
+    name = "validation" if split == "val" else split
+    log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
+
+
+def save_figures(figures: dict, out_dir: str) -> None:
+    """Each figure as ``<out_dir>/<name>.png`` and in TensorBoard under ``eval/<name>``."""
+    from engine import plots
+
+    monitor = RunMonitor(out_dir)
+    try:
+        for name, figure in figures.items():
+            figure.savefig(os.path.join(out_dir, f"{name}.png"), dpi=110, bbox_inches="tight")
+            monitor.figure(f"eval/{name}", figure, 0)
+            plots.close(figure)
+    finally:
+        monitor.close()
+
+
+def model_from_checkpoint(task, checkpoint: dict, path: str, model_name: str):
+    """The model of one of this project's checkpoints (which carry their model config), or None for a released file
+    without one; a checkpoint of another model, or typed model flags that contradict it, are one-line errors."""
+    from models import build_model
+    from models.weights import load_exactly
+
+    if "model_config" not in checkpoint:
+        return None
+    config = checkpoint["model_config"]
+    if config.get("name") != model_name:
+        raise UserError(f"{path} holds a {config.get('name')} model, not one for this entry point ({task.prog})")
+    task.check_model_flags(config, path)
+    model = build_model(config)
+    load_exactly(model, checkpoint["model"], path, f"{config['name']} ({config.get('vit_size')})")
+    return model
