@@ -26,8 +26,6 @@ from engine.task import (
     fill_unpredicted,
     model_from_checkpoint,
     require_present,
-    save_figures,
-    write_metrics,
 )
 from utils import abaw, metrics
 from utils.errors import UserError
@@ -193,30 +191,27 @@ class LSDTask(ImageTask):
     def checkpoint_extras(self) -> dict:
         return {}
 
-    def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
-        val = self.val_metrics(val_outputs)
-        write_metrics(out_dir, "val", val)
-        submission.write_lsd_predictions(os.path.join(out_dir, "val_predictions.txt"), self.val_folders.images,
-                                         val_outputs.argmax(1))
-        if test_outputs is not None:
-            images = self._test_images
-            # An unreadable test image takes the mean output of the others.
-            test_outputs = fill_unpredicted(test_outputs, test_seen, images,
-                                            lambda row, predicted: test_outputs[predicted].mean(0))
-            path = os.path.join(out_dir, "test_predictions.txt")
-            submission.write_lsd_predictions(path, images, test_outputs.argmax(1))
-            log(f"wrote {path} ({len(test_outputs)} rows)")
-            test = self._test_metrics(test_outputs, images)
-            if test is not None:
-                write_metrics(out_dir, "test", test)
-        save_figures(plots.lsd_figures(self, val_outputs), out_dir)
-        return val
+    def val_names(self):
+        return self.val_folders.images
+
+    def test_names(self):
+        return self._test_images
+
+    def write_predictions(self, path: str, names, outputs: np.ndarray) -> None:
+        submission.write_lsd_predictions(path, names, outputs.argmax(1))
+
+    def fill_test(self, outputs, seen):
+        """An unreadable test image takes the mean output of the others."""
+        return fill_unpredicted(outputs, seen, self._test_images, lambda row, predicted: outputs[predicted].mean(0))
+
+    def figures(self, val_outputs) -> dict:
+        return plots.lsd_figures(self, val_outputs)
 
     def _test_labels(self) -> dict | None:
         path = os.path.join(self.args.data_dir, lsd.TEST_LABEL_FILE)
         return lsd.read_test_labels(path) if os.path.isfile(path) else None
 
-    def _test_metrics(self, outputs: np.ndarray, images) -> dict | None:
+    def test_metrics(self, outputs: np.ndarray, images) -> dict | None:
         labels = self._test_labels()
         if labels is None:
             return None

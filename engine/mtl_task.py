@@ -28,8 +28,6 @@ from engine.task import (
     fill_unpredicted,
     model_from_checkpoint,
     require_present,
-    save_figures,
-    write_metrics,
 )
 from utils import abaw, metrics
 from utils.errors import UserError
@@ -250,27 +248,19 @@ class MTLTask(ImageTask):
     def checkpoint_extras(self) -> dict:
         return {"au_thresholds": list(self.au_thresholds)}
 
-    def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
-        test_images = self._test[0] if test_outputs is not None else None
-        val_outputs, test_outputs, report = self._postprocess(out_dir, val_outputs, test_outputs, test_images,
-                                                              checkpoint_path)
-        val = self.val_metrics(val_outputs)
-        val.update(report)
-        write_metrics(out_dir, "val", val)
-        submission.write_mtl_predictions(os.path.join(out_dir, "val_predictions.txt"), self.val_annotations.images,
-                                         *self.decode(val_outputs))
-        if test_outputs is not None:
-            test_outputs = self._fill(test_outputs, test_seen)
-            path = os.path.join(out_dir, "test_predictions.txt")
-            submission.write_mtl_predictions(path, test_images, *self.decode(test_outputs))
-            log(f"wrote {path} ({len(test_outputs)} rows)")
-            test = self._test_metrics(test_outputs, test_images)
-            if test is not None:
-                write_metrics(out_dir, "test", test)
-        save_figures(plots.mtl_figures(self, val_outputs), out_dir)
-        return val
+    def val_names(self):
+        return self.val_annotations.images
 
-    def _fill(self, outputs, seen):
+    def test_names(self):
+        return self._test[0]
+
+    def write_predictions(self, path: str, names, outputs: np.ndarray) -> None:
+        submission.write_mtl_predictions(path, names, *self.decode(outputs))
+
+    def figures(self, val_outputs) -> dict:
+        return plots.mtl_figures(self, val_outputs)
+
+    def fill_test(self, outputs, seen):
         """Unreadable test frames take the output of the nearest predicted frame of the same video (any predicted
         frame where the video has none)."""
         images, filled = self._test
@@ -283,7 +273,7 @@ class MTLTask(ImageTask):
 
         return fill_unpredicted(outputs, seen, images, nearest, filled)
 
-    def _test_metrics(self, outputs: np.ndarray, images) -> dict | None:
+    def test_metrics(self, outputs: np.ndarray, images) -> dict | None:
         path = os.path.join(self.args.data_dir, mtl.TEST_LABEL_FILE)
         if not os.path.isfile(path):
             return None
@@ -296,7 +286,7 @@ class MTLTask(ImageTask):
         targets = np.stack([by_image[image] for image in images])
         return metrics.mtl_metrics(*self.decode(outputs), targets)
 
-    def _postprocess(self, out_dir, val_outputs, test_outputs, test_images, checkpoint_path):
+    def postprocess(self, out_dir, val_outputs, test_outputs, test_images, checkpoint_path):
         """AU thresholds tuned on validation, and temporal smoothing with windows chosen on validation."""
         args = self.args
         report = {"au_thresholds": list(self.au_thresholds)}

@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils import metrics  # noqa: E402
+from utils import abaw, metrics  # noqa: E402
 
 
 def close(figure) -> None:
@@ -37,7 +37,7 @@ def confusion_figure(confusion: np.ndarray, names, title: str):
 
 def au_f1_figure(f1_per_au, thresholds):
     figure, axis = plt.subplots(figsize=(8, 3.2))
-    axis.bar(metrics.AU_NAMES, f1_per_au, color="tab:orange")
+    axis.bar(abaw.AU_NAMES, f1_per_au, color="tab:orange")
     for i, (value, threshold) in enumerate(zip(f1_per_au, thresholds)):
         axis.text(i, value + 0.01, f"{value:.2f}\nt={threshold:.2f}", ha="center", va="bottom", fontsize=7)
     axis.set_ylim(0, 1.15)
@@ -49,7 +49,7 @@ def au_f1_figure(f1_per_au, thresholds):
 def va_density_figure(va_pred, va_true):
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.8))
     for axis, index, name in zip(axes, (0, 1), ("valence", "arousal")):
-        known = va_true[:, index] != metrics.VA_MISSING
+        known = va_true[:, index] != abaw.VA_MISSING
         x, y = va_true[known, index], va_pred[known, index]
         axis.hist2d(x, y, bins=40, range=[[-1, 1], [-1, 1]], cmap="viridis", cmin=1)
         axis.plot([-1, 1], [-1, 1], color="white", linewidth=0.8, linestyle="--")
@@ -63,17 +63,19 @@ def va_density_figure(va_pred, va_true):
 def mtl_figures(task, outputs) -> dict:
     labels = task.val_annotations.targets
     va, expr, aus = task.decode(outputs)
-    known = labels[:, 2] >= 0
+    expr_true = labels[:, abaw.LABEL_EXPR]
+    known = expr_true != abaw.EXPR_MISSING
     scores = metrics.mtl_metrics(va, expr, aus, labels)
+    confusion = metrics.confusion_matrix(expr[known], expr_true[known].astype(int), abaw.NUM_EXPR)
     return {
-        "expr_confusion": confusion_figure(metrics.confusion_matrix(expr[known], labels[known, 2].astype(int), 8),
-                                           metrics.EXPR_NAMES, f"expression (macro F1 {scores['f1_expr']:.3f})"),
+        "expr_confusion": confusion_figure(confusion, abaw.EXPR_NAMES,
+                                           f"expression (macro F1 {scores['f1_expr']:.3f})"),
         "au_f1": au_f1_figure(scores["f1_per_au"], task.au_thresholds),
-        "va_density": va_density_figure(va, labels[:, :2]),
+        "va_density": va_density_figure(va, labels[:, abaw.LABEL_VA]),
     }
 
 
 def lsd_figures(task, outputs) -> dict:
     scores = metrics.lsd_metrics(outputs.argmax(1), task.val_folders.labels)
-    return {"lsd_confusion": confusion_figure(scores["confusion"], metrics.LSD_CLASSES,
+    return {"lsd_confusion": confusion_figure(scores["confusion"], abaw.LSD_CLASSES,
                                               f"LSD validation (macro F1 {scores['f1']:.3f})")}

@@ -206,7 +206,31 @@ def fill_unpredicted(outputs: np.ndarray, seen: np.ndarray, names, stand_in, fil
 
 
 class ImageTask:
-    """What the stages over face images share: uint8 image batches, normalised and resized on the device."""
+    """What the stages over face images share: uint8 image batches, normalised and resized on the device, and the
+    files of an evaluation, written through the hooks below (``val_names``, ``test_names``, ``write_predictions``,
+    ``fill_test``, ``test_metrics``, ``figures``, and optionally ``postprocess``)."""
+
+    def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
+        test_names = self.test_names() if test_outputs is not None else None
+        val_outputs, test_outputs, report = self.postprocess(out_dir, val_outputs, test_outputs, test_names,
+                                                             checkpoint_path)
+        val = {**self.val_metrics(val_outputs), **report}
+        write_metrics(out_dir, "val", val)
+        self.write_predictions(os.path.join(out_dir, "val_predictions.txt"), self.val_names(), val_outputs)
+        if test_outputs is not None:
+            test_outputs = self.fill_test(test_outputs, test_seen)
+            path = os.path.join(out_dir, "test_predictions.txt")
+            self.write_predictions(path, test_names, test_outputs)
+            log(f"wrote {path} ({len(test_outputs)} rows)")
+            test = self.test_metrics(test_outputs, test_names)
+            if test is not None:
+                write_metrics(out_dir, "test", test)
+        save_figures(self.figures(val_outputs), out_dir)
+        return val
+
+    def postprocess(self, out_dir, val_outputs, test_outputs, test_names, checkpoint_path):
+        """Outputs -> (validation outputs, test outputs, extra entries of val_metrics.json); by default unchanged."""
+        return val_outputs, test_outputs, {}
 
     def eval_collate(self, samples):
         from datasets.images import collate_uint8
