@@ -6,8 +6,8 @@ the timm it was written for, installed apart from ours::
 
     git clone https://github.com/JackYFL/EMMA_CoTEX_ABAW4 /tmp/original
     pip install --no-deps --target /tmp/timm0412 timm==0.4.12
-    python benchmarks/bench_original.py --repo /tmp/original --timm /tmp/timm0412 --model emma --batch-size 8 --threads 2
-    python benchmarks/bench.py train --model emma --vit base --batch-size 8 --threads 2      # ours, beside it
+    python benchmarks/bench_original.py --repo /tmp/original --timm /tmp/timm0412 --model emma --threads 2
+    python benchmarks/bench.py train --model emma --vit base --batch-size 8 --threads 2    # ours, beside it
 
 The original step, as its training scripts run it: forward in fp32 (it has no autocast), its loss, backward through
 its ``NativeScalerWithGradNormCount`` (a CUDA GradScaler, inactive on a CPU) with clipping at 0.05, AdamW over its
@@ -18,6 +18,7 @@ gets random weights (the step costs the same); masked CoTEX runs two ViT-B with 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -30,11 +31,16 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def original(module: str):
+    """A module of the original's checkout (its ``utils`` package, not this project's)."""
+    return importlib.import_module(module)
+
+
 def build_emma(opts, torch):
     from net.dan import DAN
     from net.EMMA import EMMA
-    from utils import lr_decay
-    from utils.loss import SingleMT_loss
+
+    lr_decay, losses = original("utils.lr_decay"), original("utils.loss")
 
     with tempfile.TemporaryDirectory() as folder:
         dan_path = os.path.join(folder, "dan.pth")
@@ -46,7 +52,7 @@ def build_emma(opts, torch):
     for parameter in model.cnn.parameters():
         parameter.requires_grad = False
     optimizer_va = torch.optim.Adam(model.va_head.parameters(), lr=1e-4)
-    loss_fn = SingleMT_loss(return_losses=False)
+    loss_fn = losses.SingleMT_loss(return_losses=False)
 
     def labels(generator):
         va = torch.rand(opts.batch_size, 2, generator=generator) * 2 - 1
@@ -62,8 +68,8 @@ def build_emma(opts, torch):
 
 def build_cotex(opts, torch):
     from net.mae_vit import ViT
-    from utils import lr_decay
-    from utils.loss import EmoCoT_loss
+
+    lr_decay, losses = original("utils.lr_decay"), original("utils.loss")
 
     models, groups = [], []
     for _ in range(opts.vit_num):
@@ -72,7 +78,7 @@ def build_cotex(opts, torch):
                                             layer_decay=0.65)
         models.append(model)
     optimizer = torch.optim.AdamW(groups, 1e-4)
-    loss_fn = EmoCoT_loss(dist_num=opts.vit_num, lambda_JS=100, lambda_exp=1)
+    loss_fn = losses.EmoCoT_loss(dist_num=opts.vit_num, lambda_JS=100, lambda_exp=1)
 
     def labels(generator):
         return torch.randint(0, 6, (opts.batch_size,), generator=generator)
@@ -81,6 +87,22 @@ def build_cotex(opts, torch):
         return loss_fn([model((images, opts.mask_ratio)) for model in models], targets)
 
     return models, optimizer, [], forward_loss, labels
+
+
+def _shim_removed_names(torch) -> None:
+    """Names the original (written for torch 1.7) imports and later releases removed (``torch._six``), and its
+    ``.cuda()`` calls made no-ops without a GPU."""
+    import collections.abc
+    import math
+    import types
+
+    six = types.ModuleType("torch._six")
+    six.inf, six.string_classes, six.container_abcs = math.inf, (str, bytes), collections.abc
+    sys.modules.setdefault("torch._six", six)
+    # Its code moves tensors with .cuda(); on a CPU-only machine that stays where it is.
+    if not torch.cuda.is_available():
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+        torch.nn.Module.cuda = lambda self, *args, **kwargs: self
 
 
 def main(argv=None) -> None:
@@ -104,18 +126,18 @@ def main(argv=None) -> None:
 
     import torch
 
+    _shim_removed_names(torch)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    from utils import lr_sched
-    from utils.misc import NativeScalerWithGradNormCount
+    lr_sched, misc = original("utils.lr_sched"), original("utils.misc")
 
     torch.manual_seed(0)
     models, optimizer, extra_optimizers, forward_loss, labels = (build_emma if opts.model == "emma" else
                                                                 build_cotex)(opts, torch)
     for model in models:
         model.train()
-    scaler = NativeScalerWithGradNormCount()
-    schedule = argparse.Namespace(lr=1e-4, min_lr=1e-6, warmup_epochs=0, epochs=30)
+    scaler = misc.NativeScalerWithGradNormCount()
+    schedule = argparse.Namespace(lr=1e-4, min_lr=1e-6, warmup_epochs=0, epochs=30, epoch_num=30)
     generator = torch.Generator().manual_seed(0)
     # uint8 frames of the model's size, normalised per step as a loader's ToTensor + Normalize would leave them
     frames = torch.randint(0, 256, (opts.batch_size, 3, 224, 224), dtype=torch.uint8, generator=generator)
