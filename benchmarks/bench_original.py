@@ -91,7 +91,7 @@ def build_cotex(opts, torch):
 
 def _shim_removed_names(torch) -> None:
     """Names the original (written for torch 1.7) imports and later releases removed (``torch._six``), and its
-    ``.cuda()`` calls made no-ops without a GPU."""
+    moves of tensors and modules to CUDA made no-ops without a GPU."""
     import collections.abc
     import math
     import types
@@ -99,7 +99,7 @@ def _shim_removed_names(torch) -> None:
     six = types.ModuleType("torch._six")
     six.inf, six.string_classes, six.container_abcs = math.inf, (str, bytes), collections.abc
     sys.modules.setdefault("torch._six", six)
-    # Its code moves tensors with .cuda(); on a CPU-only machine that stays where it is.
+    # Its code moves tensors and modules to CUDA by name; on a CPU-only machine they stay where they are.
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self

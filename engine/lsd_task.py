@@ -22,7 +22,6 @@ from engine.task import (
     MODEL_FLAGS,
     ImageTask,
     Selection,
-    check_model_flags,
     fill_unpredicted,
     model_from_checkpoint,
     require_present,
@@ -139,9 +138,6 @@ class LSDTask(ImageTask):
         return dict(name="cotex", vit_num=a.vit_num, num_classes=abaw.NUM_LSD_CLASSES, vit_size=a.vit,
                     img_size=a.img_size, drop_path=a.drop_path, global_pool=a.global_pool, patch_size=a.patch_size,
                     patch_embed=a.patch_embed)
-
-    def check_model_flags(self, config: dict, path: str) -> None:
-        check_model_flags(config, self.args, path, self.model_flags)
 
     def load_pretrained(self, model) -> None:
         if self.args.mae_ckpt:

@@ -24,7 +24,6 @@ from engine.task import (
     MODEL_FLAGS,
     ImageTask,
     Selection,
-    check_model_flags,
     fill_unpredicted,
     model_from_checkpoint,
     require_present,
@@ -56,6 +55,7 @@ class MTLTask(ImageTask):
     output_width = abaw.OUTPUT_WIDTH
     selection = Selection({"mtl": "p_mtl", "va": "va", "expr": "f1_expr", "au": "f1_au"})
     model_flags = dict(MODEL_FLAGS, dan="dan")
+    saved_model_defaults = {"dan": "frozen"}  # configs record the DAN setting only when it is not the reference's
 
     def __init__(self, args):
         self.args = args
@@ -168,9 +168,6 @@ class MTLTask(ImageTask):
         if a.dan != "frozen":  # configs record the DAN setting only when it is not the reference's
             config["dan"] = a.dan
         return config
-
-    def check_model_flags(self, config: dict, path: str) -> None:
-        check_model_flags(config, self.args, path, self.model_flags, saved_defaults={"dan": "frozen"})
 
     def load_pretrained(self, model) -> None:
         from models.dan import load_dan_weights

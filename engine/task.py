@@ -228,6 +228,12 @@ class ImageTask:
         save_figures(self.figures(val_outputs), out_dir)
         return val
 
+    # Config entries a checkpoint may leave out, with the value they then mean (``check_model_flags``).
+    saved_model_defaults: ClassVar[dict] = {}
+
+    def check_model_flags(self, config: dict, path: str) -> None:
+        check_model_flags(config, self.args, path, self.model_flags, self.saved_model_defaults)
+
     def postprocess(self, out_dir, val_outputs, test_outputs, test_names, checkpoint_path):
         """Outputs -> (validation outputs, test outputs, extra entries of val_metrics.json); by default unchanged."""
         return val_outputs, test_outputs, {}
