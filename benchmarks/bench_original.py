@@ -1,8 +1,9 @@
-"""The original implementation's training step (JackYFL/EMMA_CoTEX_ABAW4), timed the way ``bench.py train`` times
-ours: same model size, batch, random frames and labels, one JSON line per measurement, the last one the best.
+"""The original implementations' training steps, timed the way ``bench.py`` times ours: JackYFL/EMMA_CoTEX_ABAW4's
+EMMA and masked CoTEX beside ``bench.py train``, facebookresearch/mae's pretraining beside ``bench.py pretrain``. Same
+model size, batch, random frames and labels, one JSON line per measurement, the last one the best.
 
-It imports the original's own modules from a checkout of that repository (nothing of it is copied here) and needs
-the timm it was written for, installed apart from ours::
+It imports an original's own modules from a checkout of its repository (nothing of it is copied here) and needs the
+timm it was written for, installed apart from ours::
 
     git clone https://github.com/JackYFL/EMMA_CoTEX_ABAW4 /tmp/original
     pip install --no-deps --target /tmp/timm0412 timm==0.4.12
@@ -13,6 +14,19 @@ The original step, as its training scripts run it: forward in fp32 (it has no au
 its ``NativeScalerWithGradNormCount`` (a CUDA GradScaler, inactive on a CPU) with clipping at 0.05, AdamW over its
 layer-decay groups (and EMMA's separate Adam for the VA head), the lr set by its schedule at each update. EMMA's DAN
 gets random weights (the step costs the same); masked CoTEX runs two ViT-B with mask 0.75.
+
+MAE's pretraining step (``--model mae``; ``--repo`` and ``--timm`` default to the folders below)::
+
+    git clone https://github.com/facebookresearch/mae /tmp/mae
+    pip install --no-deps --target /tmp/timm032 timm==0.3.2
+    python benchmarks/bench_original.py --model mae --vit base --batch-size 8 --threads 2
+    python benchmarks/bench.py pretrain --vit base --batch-size 8 --threads 2    # ours, beside it
+
+as its ``engine_pretrain.train_one_epoch`` runs it with PRETRAIN.md's recipe: ``models_mae.mae_vit_base_patch16``
+(``large_patch16``, ``huge_patch14`` with ``--vit``) with ``norm_pix_loss``, the forward at mask ratio 0.75, backward
+through its ``NativeScalerWithGradNormCount`` (inactive on a CPU, as above) without clipping, AdamW (betas 0.9, 0.95)
+over timm's ``add_weight_decay`` groups (0.05), the lr of its half-cycle cosine schedule set at each update. It ran the
+forward under CUDA fp16 autocast; on a CPU it runs in fp32, or under bf16 autocast with ``--precision bf16``.
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ def emit(record: dict) -> None:
 
 
 def original(module: str):
-    """A module of the original's checkout (its ``utils`` package, not this project's)."""
+    """A module of the original's checkout (its ``utils`` or ``util`` package, not this project's)."""
     return importlib.import_module(module)
 
 
@@ -89,13 +103,47 @@ def build_cotex(opts, torch):
     return models, optimizer, [], forward_loss, labels
 
 
+# MAE's constructor for each --vit (its huge model has 14-pixel patches)
+MAE_MODELS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
+# The checkout and timm folders of each original, as the module docstring installs them (None: --repo/--timm needed)
+DEFAULT_FOLDERS = {"emma": (None, None), "cotex": (None, None), "mae": ("/tmp/mae", "/tmp/timm032")}
+
+
+def mae_lr(batch_size: int) -> float:
+    """MAE's absolute lr: PRETRAIN.md's base lr 1.5e-4 scaled by the batch (one process, no accumulation)."""
+    return 1.5e-4 * batch_size / 256
+
+
+def build_mae(opts, torch):
+    import models_mae
+    from timm.optim import optim_factory
+
+    model = getattr(models_mae, MAE_MODELS[opts.vit])(img_size=opts.img_size, norm_pix_loss=True)
+    groups = optim_factory.add_weight_decay(model, 0.05)
+    optimizer = torch.optim.AdamW(groups, lr=mae_lr(opts.batch_size), betas=(0.9, 0.95))
+
+    def labels(generator):
+        return None  # self-supervised: the loss reconstructs the images
+
+    def forward_loss(images, targets):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+            loss, _, _ = model(images, mask_ratio=opts.mask_ratio)
+        return loss
+
+    return [model], optimizer, [], forward_loss, labels
+
+
 def _shim_removed_names(torch) -> None:
-    """Names the original (written for torch 1.7) imports and later releases removed (``torch._six``), and its
-    moves of tensors and modules to CUDA made no-ops without a GPU."""
+    """Names the originals (written for torch 1.7 and 1.8) import and later releases removed (``torch._six``,
+    numpy's ``np.float``), and their moves of tensors and modules to CUDA made no-ops without a GPU."""
     import collections.abc
     import math
     import types
 
+    import numpy
+
+    if not hasattr(numpy, "float"):  # MAE's sin-cos position embedding asks for dtype=np.float
+        numpy.float = float
     six = types.ModuleType("torch._six")
     six.inf, six.string_classes, six.container_abcs = math.inf, (str, bytes), collections.abc
     sys.modules.setdefault("torch._six", six)
@@ -107,21 +155,38 @@ def _shim_removed_names(torch) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", required=True, help="a checkout of JackYFL/EMMA_CoTEX_ABAW4")
-    parser.add_argument("--timm", required=True, help="folder holding timm 0.4.12 (pip install --target)")
-    parser.add_argument("--model", choices=["emma", "cotex"], default="emma")
+    parser.add_argument("--repo", default=None, help="a checkout of JackYFL/EMMA_CoTEX_ABAW4, or of "
+                                                     "facebookresearch/mae for --model mae (default: /tmp/mae)")
+    parser.add_argument("--timm", default=None, help="folder holding timm 0.4.12, or 0.3.2 for --model mae "
+                                                     "(pip install --target; default for mae: /tmp/timm032)")
+    parser.add_argument("--model", choices=["emma", "cotex", "mae"], default="emma")
+    parser.add_argument("--vit", choices=sorted(MAE_MODELS), default="base",
+                        help="MAE's model size (EMMA and CoTEX are ViT-B; default: %(default)s)")
+    parser.add_argument("--img-size", type=int, default=224, help="MAE's image size (the others': 224)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: MAE's forward under CPU bf16 autocast (the others have none; default: fp32)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="measured optimizer steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1, help="measurements; the final line is the best")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--vit-num", type=int, default=2, help="CoTEX's ViTs (default: %(default)s)")
-    parser.add_argument("--mask-ratio", type=float, default=0.75, help="CoTEX's mask ratio (default: %(default)s)")
+    parser.add_argument("--mask-ratio", type=float, default=0.75,
+                        help="CoTEX's and MAE's mask ratio (default: %(default)s)")
     opts = parser.parse_args(argv)
+    if opts.model != "mae":
+        for dest, default in (("vit", "base"), ("img_size", 224), ("precision", "fp32")):
+            if getattr(opts, dest) != default:
+                parser.error(f"--{dest.replace('_', '-')} other than {default} needs --model mae")
+    repo, timm = DEFAULT_FOLDERS[opts.model]
+    opts.repo, opts.timm = opts.repo or repo, opts.timm or timm
     for path, what in ((opts.repo, "--repo"), (opts.timm, "--timm")):
+        if path is None:
+            parser.error(f"--model {opts.model} needs {what}")
         if not os.path.isdir(path):
             raise SystemExit(f"error: {what} {path} is not a directory")
-    # The original's packages (net, utils) and its timm come first; this project's own are not on the path.
+    # The original's packages (net, utils; MAE's models_mae, util) and its timm come first; this project's own are not
+    # on the path.
     sys.path[:0] = [os.path.abspath(opts.repo), os.path.abspath(opts.timm)]
 
     import torch
@@ -129,18 +194,26 @@ def main(argv=None) -> None:
     _shim_removed_names(torch)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    lr_sched, misc = original("utils.lr_sched"), original("utils.misc")
+    package = "util" if opts.model == "mae" else "utils"
+    lr_sched, misc = original(f"{package}.lr_sched"), original(f"{package}.misc")
 
     torch.manual_seed(0)
-    models, optimizer, extra_optimizers, forward_loss, labels = (build_emma if opts.model == "emma" else
-                                                                build_cotex)(opts, torch)
+    build = {"emma": build_emma, "cotex": build_cotex, "mae": build_mae}[opts.model]
+    models, optimizer, extra_optimizers, forward_loss, labels = build(opts, torch)
     for model in models:
         model.train()
     scaler = misc.NativeScalerWithGradNormCount()
-    schedule = argparse.Namespace(lr=1e-4, min_lr=1e-6, warmup_epochs=0, epochs=30, epoch_num=30)
+    # Each recipe's schedule, its lr at an epoch past warm-up (the update costs the same at any lr), and clipping
+    if opts.model == "mae":
+        schedule = argparse.Namespace(lr=mae_lr(opts.batch_size), min_lr=0.0, warmup_epochs=40, epochs=800)
+        first_epoch, clip_grad = 100, None
+    else:
+        schedule = argparse.Namespace(lr=1e-4, min_lr=1e-6, warmup_epochs=0, epochs=30, epoch_num=30)
+        first_epoch, clip_grad = 10, 0.05
     generator = torch.Generator().manual_seed(0)
     # uint8 frames of the model's size, normalised per step as a loader's ToTensor + Normalize would leave them
-    frames = torch.randint(0, 256, (opts.batch_size, 3, 224, 224), dtype=torch.uint8, generator=generator)
+    frames = torch.randint(0, 256, (opts.batch_size, 3, opts.img_size, opts.img_size), dtype=torch.uint8,
+                           generator=generator)
     targets = labels(generator)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -148,9 +221,9 @@ def main(argv=None) -> None:
 
     def step(index: int) -> None:
         images = (frames.float() / 255 - mean) / std
-        lr_sched.adjust_learning_rate(optimizer, 10 + index / 100, schedule)
+        lr_sched.adjust_learning_rate(optimizer, first_epoch + index / 100, schedule)
         loss = forward_loss(images, targets)
-        scaler(loss, optimizer, clip_grad=0.05, parameters=parameters, create_graph=False, update_grad=True)
+        scaler(loss, optimizer, clip_grad=clip_grad, parameters=parameters, create_graph=False, update_grad=True)
         for other in extra_optimizers:
             other.step()
         optimizer.zero_grad()
@@ -159,12 +232,15 @@ def main(argv=None) -> None:
 
     for index in range(opts.warmup):
         step(index)
-    settings = dict(bench="train", implementation="original", model=opts.model, vit="base",
-                    batch_size=opts.batch_size, steps=opts.steps, img_size=224, precision="fp32",
-                    mask_ratio=opts.mask_ratio if opts.model == "cotex" else None,
+    settings = dict(bench="pretrain" if opts.model == "mae" else "train", implementation="original",
+                    model=opts.model, vit=opts.vit, batch_size=opts.batch_size, steps=opts.steps,
+                    img_size=opts.img_size, precision=opts.precision,
+                    mask_ratio=opts.mask_ratio if opts.model in ("cotex", "mae") else None,
                     vit_num=opts.vit_num if opts.model == "cotex" else None, threads=torch.get_num_threads(),
                     torch=torch.__version__, device=f"cpu ({os.cpu_count()} cores)",
                     load_avg_1m=round(os.getloadavg()[0], 2))
+    if opts.model == "mae":
+        settings.update(patch_size=models[0].patch_embed.patch_size[0], norm_pix_loss=True)
     records = []
     for run in range(opts.repeat):
         start = time.perf_counter()

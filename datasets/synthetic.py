@@ -8,6 +8,11 @@ the benchmarks use it; ``datasets.synthetic_cli`` is its command line::
 
     python -m datasets.synthetic mtl OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic lsd OUT_DIR [--per-class 200] [--size 112] [--seed 0] [--workers N]
+    python -m datasets.synthetic faces OUT_DIR [--count 2000] [--size 112] [--seed 0] [--workers N]
+
+The "faces" set is unlabelled, for MAE pretraining (``main_pretrain.py``), as CelebA is for the real recipe: one
+folder of images, each its own identity, in the three imaging styles in turn, with a random expression at a random
+intensity; it shares no image, identity or random stream with the MTL and LSD sets.
 
 How a frame is made: an identity is drawn per video (MTL) or per image (LSD); expressions are EMFACS prototypes whose
 AUs move the face with an intensity in [0, 1]; pose, lighting, colour cast, texture, blur, noise and a JPEG quality
@@ -87,15 +92,19 @@ _MTL_HEADER = ",".join(mtl.FIELD_NAMES)  # header line of the MTL annotation fil
 
 # RNG keys: [seed, track code, stream, ...]. MTL streams: 0 video plan, 1 frame pixels (+ video, frame), 2 video
 # names, 3 videos without EXPR, 4 video annotations. LSD: split code (+ image index) for pixels, 3 the test order.
-_TRACK_CODE = {"mtl": 1, "lsd": 2}
+_TRACK_CODE = {"mtl": 1, "lsd": 2, "faces": 3}
+FACES_DIR = "faces"
+FACE_STYLES = ("video", "rendered", "photo")
 _LSD_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 _OWNED_PATHS = {
     "mtl": (mtl.IMAGE_DIR, mtl.TRAIN_FILE, mtl.VAL_FILE, mtl.TEST_LIST_FILE, mtl.TEST_LABEL_FILE),
     "lsd": (lsd.TRAIN_DIR, lsd.VAL_DIR, lsd.TEST_DIR, lsd.TEST_LIST_FILE, lsd.TEST_LABEL_FILE),
+    "faces": (FACES_DIR,),
 }
 DEFAULTS = {
     "mtl": {"videos": 40, "frames": 50, "size": 112, "seed": 0},
     "lsd": {"per_class": 200, "size": 112, "seed": 0},
+    "faces": {"count": 2000, "size": 112, "seed": 0},
 }
 MIN_SIZE, MAX_SIZE = 32, 1024
 
@@ -400,6 +409,45 @@ def generate_lsd(out_dir, per_class=200, size=112, seed=0, workers=None, progres
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Faces: an unlabelled collection for pretraining
+
+
+def _render_faces_chunk(task: dict) -> int:
+    """Worker: render and write unlabelled faces; everything about an image comes from its own RNG key."""
+    cv2.setNumThreads(1)
+    for index in task["indices"]:
+        rng = np.random.default_rng([task["seed"], _TRACK_CODE["faces"], index])
+        style = FACE_STYLES[index % len(FACE_STYLES)]
+        face, look, pose = sample_identity(rng, style), sample_look(rng, style), sample_pose(rng, style)
+        expression = int(rng.choice(len(EXPR_NAMES), p=EXPRESSION_WEIGHTS / EXPRESSION_WEIGHTS.sum()))
+        au = np.zeros(len(DRAWN_AUS))
+        intensity = rng.uniform(0.0, 1.0)
+        for au_number, gain in _segment_aus(rng, expression).items():
+            au[AU_COLUMN[au_number]] = gain * intensity
+        image = render_face(face, au, pose, look, task["size"], rng)
+        with open(os.path.join(task["folder"], f"{index:06d}.jpg"), "wb") as handle:
+            handle.write(encode_jpeg(image, rng, style))
+    return len(task["indices"])
+
+
+def generate_faces(out_dir, count=2000, size=112, seed=0, workers=None, progress=True) -> dict:
+    """Write ``count`` unlabelled synthetic faces to ``out_dir/faces/NNNNNN.jpg`` (module docstring). Returns the same
+    summary as :func:`generate_mtl`."""
+    params = _check_params("faces", count=count, size=size, seed=seed)
+    start_time = time.perf_counter()
+    _prepare_out_dir(out_dir, "faces", params)
+    folder = os.path.join(out_dir, FACES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    chunk = 128
+    tasks = [{"indices": list(range(first, min(first + chunk, count))), "size": size, "seed": seed,
+              "folder": folder} for first in range(0, count, chunk)]
+    workers_used = _run_tasks(_render_faces_chunk, tasks, count, workers, progress, "faces")
+    counts = {"images": count, "styles": {style: len(range(i, count, len(FACE_STYLES)))
+                                          for i, style in enumerate(FACE_STYLES)}}
+    return _finish(out_dir, "faces", params, counts, start_time, workers_used)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Running, bookkeeping and the completeness marker
 
 
@@ -426,7 +474,7 @@ def _run_tasks(function, tasks: list, total: int, workers, progress: bool, unit_
 
 
 def _check_params(track: str, **params) -> dict:
-    minimum = {"videos": 3, "frames": 1, "per_class": 1, "seed": 0}
+    minimum = {"videos": 3, "frames": 1, "per_class": 1, "count": 1, "seed": 0}
     for key, value in params.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UserError(f"synthetic {track}: {key} must be an integer, got {value!r}")
@@ -503,10 +551,10 @@ def is_generated(out_dir, track, **params) -> bool:
 
 
 def generate(track: str, out_dir, **params) -> dict:
-    """:func:`generate_mtl` or :func:`generate_lsd`, by track name (the demo's data sets)."""
+    """:func:`generate_mtl`, :func:`generate_lsd` or :func:`generate_faces`, by track name (the demos' data sets)."""
     if track not in DEFAULTS:
         raise ValueError(f"unknown track {track!r}; expected one of {sorted(DEFAULTS)}")
-    return {"mtl": generate_mtl, "lsd": generate_lsd}[track](out_dir, **params)
+    return {"mtl": generate_mtl, "lsd": generate_lsd, "faces": generate_faces}[track](out_dir, **params)
 
 if __name__ == "__main__":
     from datasets.synthetic_cli import main

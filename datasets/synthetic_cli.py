@@ -2,6 +2,7 @@
 
     python -m datasets.synthetic mtl OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic lsd OUT_DIR [--per-class 200] [--size 112] [--seed 0] [--workers N]
+    python -m datasets.synthetic faces OUT_DIR [--count 2000] [--size 112] [--seed 0] [--workers N]
 
 Exit status 0 when the set is written, 2 for a bad flag or a folder the generator must not write to.
 """
@@ -45,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     lsd.add_argument("out_dir")
     lsd.add_argument("--per-class", type=_bounded_int(1), default=DEFAULTS["lsd"]["per_class"],
                      help="training images per class; validation and test get about a quarter (default 200)")
-    for sub, track in ((mtl, "mtl"), (lsd, "lsd")):
+    faces = tracks.add_parser("faces", help="unlabelled faces for MAE pretraining, one folder")
+    faces.add_argument("out_dir")
+    faces.add_argument("--count", type=_bounded_int(1), default=DEFAULTS["faces"]["count"],
+                       help="number of images (default 2000)")
+    for sub, track in ((mtl, "mtl"), (lsd, "lsd"), (faces, "faces")):
         sub.add_argument("--size", type=_bounded_int(MIN_SIZE, MAX_SIZE), default=DEFAULTS[track]["size"],
                          help="image side in pixels")
         sub.add_argument("--seed", type=_bounded_int(0), default=DEFAULTS[track]["seed"],
@@ -62,9 +67,12 @@ def main(argv=None) -> int:
         if args.track == "mtl":
             summary = synthetic.generate_mtl(args.out_dir, videos=args.videos, frames=args.frames, **common)
             detail = ", ".join(f"{summary['counts']['videos'][s]} {s} videos" for s in ("train", "val", "test"))
-        else:
+        elif args.track == "lsd":
             summary = synthetic.generate_lsd(args.out_dir, per_class=args.per_class, **common)
             detail = ", ".join(f"{summary['counts']['split'][s]} {s}" for s in ("train", "val", "test"))
+        else:
+            summary = synthetic.generate_faces(args.out_dir, count=args.count, **common)
+            detail = ", ".join(f"{n} {style}" for style, n in summary["counts"]["styles"].items())
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -78,8 +78,13 @@ def build_parser(track, description: str) -> OneLineParser:
     groups = {}
 
     data = groups["data"] = parser.add_argument_group("data and outputs")
-    _add(data, "--data-dir", aliases=["--data_dir", "--data_path"], metavar="DIR",
-         help="data root in the official ABAW4 layout (see README, 'Data preparation')")
+    if getattr(stage, "many_data_dirs", False):
+        _add(data, "--data-dir", aliases=["--data_dir", "--data_path"], metavar="DIR", nargs="+",
+             help="folders of face images, searched at any depth and joined (JPEG/PNG; e.g. img_align_celeba, "
+                  "cropped_aligned)")
+    else:
+        _add(data, "--data-dir", aliases=["--data_dir", "--data_path"], metavar="DIR",
+             help="data root in the official ABAW4 layout (see README, 'Data preparation')")
     _add(data, "--output-dir", aliases=["--output_dir"], metavar="DIR", default=defaults["output_dir"],
          help="where the run writes logs, checkpoints, metrics and predictions (default: %(default)s)")
     _add(data, "--test-list", aliases=["--test_list"], metavar="FILE",
@@ -203,15 +208,20 @@ def parse_args(track, description: str, argv=None) -> argparse.Namespace:
     typed = typed_flags(parser, argv)
     parser.set_defaults(track=stage.name, typed=sorted(typed), **(demo.run_settings(stage) if args.demo else {}))
     args = parser.parse_args(argv)
-    derived = {key: value for key, value in stage.derived_defaults(args).items() if key not in typed}
+    derived = dict(stage.derived_defaults(args))
+    if args.demo and args.mae_ckpt:
+        derived["patch_embed"] = "linear"  # MAE weights fit the patchify layer, not the demo's hybrid one
+    derived = {key: value for key, value in derived.items() if key not in typed}
     if derived:
         parser.set_defaults(**derived)
         args = parser.parse_args(argv)
 
     if not args.demo and not args.data_dir:
         parser.error("--data-dir is required (or --demo for the built-in synthetic data)")
-    if args.data_dir and "data_dir" in typed and not os.path.isdir(args.data_dir):
-        parser.error(f"--data-dir {args.data_dir} is not a directory")
+    if args.data_dir and "data_dir" in typed:
+        for folder in [args.data_dir] if isinstance(args.data_dir, str) else args.data_dir:
+            if not os.path.isdir(folder):
+                parser.error(f"--data-dir {folder} is not a directory")
     if args.resume not in ("auto", "none") and not args.eval and not os.path.isfile(args.resume):
         parser.error(f"--resume {args.resume}: no such file (use auto, none or a checkpoint path)")
     if args.ckpt and not os.path.isfile(args.ckpt):

@@ -39,7 +39,11 @@ def data_root(stage) -> str:
 
 def run_settings(stage) -> dict:
     """The demo's flag values; they become the parser's defaults under ``--demo``, so typed flags win."""
-    return {**DEMO_COMMON, **stage.demo_run, **(SMALL_RUN if small() else {}), "data_dir": data_root(stage)}
+    root = data_root(stage)
+    if "folder" in stage.demo_data:  # the generated set's image folder, for a stage that reads bare folders
+        root = os.path.join(root, stage.demo_data["folder"])
+    return {**DEMO_COMMON, **stage.demo_run, **(SMALL_RUN if small() else {}),
+            "data_dir": [root] if getattr(stage, "many_data_dirs", False) else root}
 
 
 def configure(args, stage) -> float:
@@ -55,21 +59,22 @@ def configure(args, stage) -> float:
         from datasets import synthetic
 
         kind, params = stage.demo_data["synthetic"], stage.demo_data["small" if small() else "full"]
-        if not synthetic.is_generated(args.data_dir, kind, **params):
-            log(f"generating the demo's synthetic {kind.upper()} data in {args.data_dir} (once; reused later)")
+        root = data_root(stage)
+        if not synthetic.is_generated(root, kind, **params):
+            log(f"generating the demo's synthetic {kind} data in {root} (once; reused later)")
             start = time.perf_counter()
-            synthetic.generate(kind, args.data_dir, **params)
+            synthetic.generate(kind, root, **params)
             log(f"generated in {time.perf_counter() - start:.0f} s")
     return started
 
 
 def report(task, args, started: float) -> None:
-    """Print the demo's test score next to that of constant predictions on the same split."""
+    """Print the demo's score next to that of constant predictions on the same images."""
     if not dist.is_main():
         return
     score = task.demo_score(args.output_dir)
     if score is None:
         return
     name, value, baseline = score
-    log(f"demo done in {time.perf_counter() - started:.0f} s: synthetic test {name} {value:.4f} "
+    log(f"demo done in {time.perf_counter() - started:.0f} s: {name} {value:.4f} "
         f"(constant predictions: {baseline:.4f}); files in {args.output_dir}")

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from datasets.images import collate_uint8
+from engine.task import to_device
 from utils import dist
 
 
@@ -60,7 +61,7 @@ def predict(task, model, loader, transform, autocast, device, desc: str = "predi
         if images is None:
             continue
         with autocast():
-            out = task.predict(model, transform(images.to(device, non_blocking=True)))
+            out = task.predict(model, transform(to_device(images, device)))
         outputs.append(out.float().cpu().numpy())
         indices.append(fields[-1].numpy())
     width = task.output_width

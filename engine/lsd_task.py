@@ -117,6 +117,7 @@ class LSDTask(ImageTask):
     def test_split(self):
         path = self.args.test_list or os.path.join(self.args.data_dir, lsd.TEST_LIST_FILE)
         if not os.path.isfile(path):
+            log("no test list found (pass --test-list): test_predictions.txt not written")
             return None
         images = lsd.read_test_list(path)
         root = self._split_dir(self.args.test_dir)
@@ -224,7 +225,7 @@ class LSDTask(ImageTask):
             return None
         with open(path) as handle:
             test = json.load(handle)
-        return "macro F1", test["f1"], self.constant_baseline(np.array(list(labels.values())))["f1"]
+        return "synthetic test macro F1", test["f1"], self.constant_baseline(np.array(list(labels.values())))["f1"]
 
     def constant_baseline(self, targets: np.ndarray) -> dict:
         """Scores of predicting the most frequent training class for every image."""

@@ -139,6 +139,7 @@ class MTLTask(ImageTask):
         with ``--allow-missing``."""
         path = self.args.test_list or os.path.join(self.args.data_dir, mtl.TEST_LIST_FILE)
         if not os.path.isfile(path):
+            log("no test list found (pass --test-list): test_predictions.txt not written")
             return None
         images = mtl.read_test_list(path)
         present = mtl.list_available(self.image_root(), images)
@@ -330,7 +331,7 @@ class MTLTask(ImageTask):
         with open(path) as handle:
             test = json.load(handle)
         labels = mtl.read_annotations(os.path.join(self.args.data_dir, mtl.TEST_LABEL_FILE)).targets
-        return "P_MTL", test["p_mtl"], self.constant_baseline(labels)["p_mtl"]
+        return "synthetic test P_MTL", test["p_mtl"], self.constant_baseline(labels)["p_mtl"]
 
     def constant_baseline(self, targets: np.ndarray) -> dict:
         """Scores of constant predictions on the same frames: training means for VA, the most frequent expression,

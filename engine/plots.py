@@ -1,4 +1,5 @@
-"""Pictures of a validation run: confusion matrices, per-AU F1 bars, predicted-vs-true VA densities."""
+"""Pictures of a run: confusion matrices, per-AU F1 bars, predicted-vs-true VA densities; MAE reconstructions and
+loss curves."""
 
 from __future__ import annotations
 
@@ -79,3 +80,53 @@ def lsd_figures(task, outputs) -> dict:
     scores = metrics.lsd_metrics(outputs.argmax(1), task.val_folders.labels)
     return {"lsd_confusion": confusion_figure(scores["confusion"], abaw.LSD_CLASSES,
                                               f"LSD validation (macro F1 {scores['f1']:.3f})")}
+
+
+def loss_curve_figure(log_path: str):
+    """Training and validation loss per epoch from a run's ``log.jsonl`` (None when there is no epoch yet)."""
+    import json
+    import os
+
+    if not os.path.isfile(log_path):
+        return None
+    epochs, train, val = [], [], []
+    with open(log_path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "epoch" not in record or "train" not in record:
+                continue
+            epochs.append(record["epoch"])
+            train.append(record["train"].get("loss", np.nan))
+            val.append(record.get("val", {}).get("loss", np.nan))
+    if not epochs:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(epochs, train, marker="o", label="training (random masks)")
+    if np.isfinite(val).any():
+        axis.plot(epochs, val, marker="s", label="validation (fixed masks)")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("reconstruction loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return figure
+
+
+def reconstruction_figure(views: list):
+    """A grid of faces: one row per image, the columns original, masked input, reconstruction, and reconstruction
+    with the visible patches pasted back (``views``: four uint8 (B, H, W, 3) arrays)."""
+    titles = ("original", "masked input", "reconstruction", "visible patches pasted")
+    rows = views[0].shape[0]
+    figure, axes = plt.subplots(rows, 4, figsize=(4 * 1.6, rows * 1.6), squeeze=False)
+    for row in range(rows):
+        for column, view in enumerate(views):
+            axis = axes[row][column]
+            axis.imshow(view[row], interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(titles[column], fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -1,13 +1,12 @@
-"""From a trained model to the files a user reads and hands in: predict validation and the test list, exactly once
-per sample whatever the number of processes, then let the task write its files (``Task.write_outputs``:
-``val_metrics.json``, ``val_predictions.txt``, ``test_predictions.txt`` when a test list is available,
-``test_metrics.json`` when test labels exist, and the figures)."""
+"""From a trained model to the files a user reads and hands in: predict validation and the test list (each where the
+task has one), exactly once per sample whatever the number of processes, then let the task write its files
+(``Task.write_outputs``: ``val_metrics.json``, ``val_predictions.txt``, ``test_predictions.txt`` when a test list is
+available, ``test_metrics.json`` when test labels exist, and the figures)."""
 
 from __future__ import annotations
 
 from engine.evaluate import eval_loader, predict
 from utils import dist
-from utils.monitor import log
 
 
 def write_evaluation(task, model, args, device, autocast, val_loader=None, checkpoint_path=None,
@@ -20,9 +19,11 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
     batch = args.eval_batch_size or 2 * args.batch_size
     transform = task.input_transform(model.config["img_size"])
     if not skip_val_prediction:
-        if val_loader is None:
-            val_loader = eval_loader(task.val_split(), batch, args.num_workers, device, task.eval_collate)
-        val_outputs, _ = predict(task, model, val_loader, transform, autocast, device, desc="validation")
+        val_set = task.val_split() if val_loader is None else val_loader.dataset
+        if val_set is not None:
+            if val_loader is None:
+                val_loader = eval_loader(val_set, batch, args.num_workers, device, task.eval_collate)
+            val_outputs, _ = predict(task, model, val_loader, transform, autocast, device, desc="validation")
 
     test_outputs = test_seen = None
     test_set = task.test_split()
@@ -30,8 +31,6 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
         test_loader = eval_loader(test_set, batch, args.num_workers, device, task.eval_collate)
         test_outputs, test_seen = predict(task, model, test_loader, transform, autocast, device, desc="test",
                                           allow_missing=args.allow_missing)
-    else:
-        log("no test list found (pass --test-list): test_predictions.txt not written")
 
     if not dist.is_main():
         return None

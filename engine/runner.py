@@ -32,8 +32,16 @@ from engine.runtime import (
 from engine.tasks import make_task
 from engine.train import LoopConfig, TrainState, train_one_epoch
 from models import build_model
+from models.weights import load_exactly, strip_prefix
 from utils import dist
-from utils.checkpoint import capture_rng, checkpoint_content, load_checkpoint, restore_rng, save_atomic
+from utils.checkpoint import (
+    IDLE_SCALER_STATE,
+    capture_rng,
+    checkpoint_content,
+    load_checkpoint,
+    restore_rng,
+    save_atomic,
+)
 from utils.errors import UserError
 from utils.monitor import RunMonitor, log, warn, write_json
 
@@ -108,16 +116,18 @@ def train(args):
 
     train_set, train_names = task.train_split()
     val_set = task.val_split()
-    log(f"training frames: {len(train_set)}, validation frames: {len(val_set)}")
+    log(f"training samples: {len(train_set)}, validation samples: "
+        f"{len(val_set) if val_set is not None else 'none (no best checkpoint; the files come from last.pth)'}")
 
     resume_path = _resume_path(args)
-    checkpoint = _load_resumable(resume_path, args) if resume_path else None
+    checkpoint = _load_resumable(resume_path, args, task) if resume_path else None
     config = checkpoint["model_config"] if checkpoint else task.model_config()
     if checkpoint:
         task.check_model_flags(config, resume_path)
     model = build_model(config)
     if checkpoint:
-        unwrap(model).load_state_dict(checkpoint["model"])
+        load_exactly(unwrap(model), strip_prefix(checkpoint["model"], "module."), resume_path,
+                     f"{config['name']} model ({config.get('vit_size')})")
     else:
         task.load_pretrained(model)
     model.to(device)
@@ -138,8 +148,8 @@ def train(args):
 
     train_loader, sampler = make_train_loader(train_set, task.train_augment(config["img_size"]), args.batch_size,
                                               args.num_workers, device, args.seed)
-    val_loader = eval_loader(val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device,
-                             task.eval_collate)
+    val_loader = None if val_set is None else eval_loader(
+        val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device, task.eval_collate)
     if len(train_loader) == 0 and state.batch_in_epoch == 0:
         raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "
                         f"{args.batch_size} x {dist.world_size()} processes; lower --batch-size")
@@ -168,10 +178,13 @@ def train(args):
                 monitor.close()
                 dist.cleanup()
                 sys.exit(128 + getattr(stopper, "signum", signal.SIGTERM))
-            outputs, _ = predict(task, model, val_loader, input_transform, autocast, device, desc="validate")
+            outputs = None
+            if val_loader is not None:
+                outputs, _ = predict(task, model, val_loader, input_transform, autocast, device, desc="validate")
             record, improved = _validate(task, outputs, stats, state, optimisation, best, monitor)
             if task.selection.main in improved:
                 best_val_known, best_val_outputs = True, outputs
+            save_epoch_figures(task, model, device, autocast, args.output_dir, monitor, state.epoch)
             state.epoch += 1
             state.batch_in_epoch = 0
             saver.save("last.pth", record.get("val"))
@@ -185,12 +198,29 @@ def train(args):
     has_best = os.path.isfile(best_path)
     final = load_checkpoint(best_path if has_best else os.path.join(checkpoint_dir(args), "last.pth"))
     unwrap(model).load_state_dict(final["model"])
-    log(f"writing predictions with {os.path.basename(best_path)} (epoch {final['epoch']})")
+    log(f"writing the evaluation files with {os.path.basename(best_path) if has_best else 'last.pth'} "
+        f"(epoch {final['epoch']})")
     reuse = best_val_known and has_best
     write_evaluation(task, unwrap(model), args, device, autocast, val_loader=val_loader,
                      val_outputs=best_val_outputs if reuse else None, skip_val_prediction=reuse)
     dist.cleanup()
     return task
+
+
+def save_epoch_figures(task, model, device, autocast, out_dir: str, monitor, epoch: int | None) -> None:
+    """Rank 0: the task's figures of the model (``Task.epoch_figures``) as ``<out_dir>/<name>_epoch<NNN>.png`` and in
+    TensorBoard under ``epoch/<name>``; in ``--eval`` (``epoch`` None) as ``<out_dir>/<name>.png``."""
+    if not dist.is_main():
+        return
+    from engine import plots
+
+    figures = task.epoch_figures(unwrap(model), device, autocast)
+    for name, figure in figures.items():
+        file_name = f"{name}.png" if epoch is None else f"{name}_epoch{epoch:03d}.png"
+        figure.savefig(os.path.join(out_dir, file_name), dpi=110, bbox_inches="tight")
+        if monitor is not None:
+            monitor.figure(f"epoch/{name}", figure, 0 if epoch is None else epoch + 1)
+        plots.close(figure)
 
 
 def _validate(task, outputs, stats, state: TrainState, optimisation: Optimisation, best: dict, monitor):
@@ -200,15 +230,17 @@ def _validate(task, outputs, stats, state: TrainState, optimisation: Optimisatio
               "skipped_updates": state.skipped_updates, "bad_images": state.bad_images}
     improved = []
     if dist.is_main():
-        val = task.val_metrics(outputs)
-        record["val"] = {k: v for k, v in val.items() if not isinstance(v, (list, dict))}
-        improved = task.selection.improved(val, best)
-        monitor.scalars("val", record["val"], state.epoch + 1)
+        summary = "no validation set"
+        if outputs is not None:
+            val = task.val_metrics(outputs)
+            record["val"] = {k: v for k, v in val.items() if not isinstance(v, (list, dict))}
+            improved = task.selection.improved(val, best)
+            monitor.scalars("val", record["val"], state.epoch + 1)
+            summary = "val " + ", ".join(f"{k} {v:.4f}" for k, v in record["val"].items() if isinstance(v, float))
         monitor.scalars("train_epoch", stats["losses"], state.epoch + 1)
         monitor.epoch_record(record)
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in record["val"].items() if isinstance(v, float))
         log(f"epoch {state.epoch}: loss {stats['losses'].get('loss', float('nan')):.4f}, "
-            f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s; val {summary}")
+            f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s; {summary}")
     return record, dist.broadcast_object(improved)
 
 
@@ -231,7 +263,7 @@ class CheckpointSaver:
         if resumable:
             scaler = self.optimisation.scaler
             training = dict(optimizer=self.optimisation.optimizer.state_dict(),
-                            scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                            scaler=scaler.state_dict() if scaler.is_enabled() else dict(IDLE_SCALER_STATE),
                             train_state=self.state.to_dict(), best=self.best, rng=rng)
         content = checkpoint_content(unwrap(self.model).state_dict(), self.config, plain_args(self.args),
                                      epochs_done=self.state.epoch, step=self.state.step, metrics=metrics,
@@ -248,18 +280,29 @@ def _resume_path(args) -> str | None:
     return args.resume
 
 
-def _load_resumable(path: str, args) -> dict:
+def _load_resumable(path: str, args, task) -> dict:
+    """A checkpoint to continue training from: this project's ``last.pth``, or a training checkpoint of
+    facebookresearch/mae's layout (``model``, ``optimizer``, ``epoch``, ``scaler``), whose model the flags describe."""
     checkpoint = load_checkpoint(path)
-    if "train_state" not in checkpoint:
-        raise UserError(f"--resume {path}: this file holds weights for evaluation, not a training state; "
-                        f"resume from {os.path.join(checkpoint_dir(args), 'last.pth')}, or start a new run from "
-                        f"weights with --mae-ckpt")
-    return checkpoint
+    if "train_state" in checkpoint:
+        return checkpoint
+    if isinstance(checkpoint, dict) and {"model", "optimizer", "epoch"} <= set(checkpoint):
+        log(f"--resume {path}: a facebookresearch/mae training checkpoint (epoch {checkpoint['epoch']}); the model "
+            f"is built from the flags, the loop continues at epoch {int(checkpoint['epoch']) + 1}")
+        return dict(checkpoint, model_config=task.model_config(), best={},
+                    train_state={"epoch": int(checkpoint["epoch"]) + 1, "batch_in_epoch": 0, "step": 0})
+    raise UserError(f"--resume {path}: this file holds weights for evaluation, not a training state; "
+                    f"resume from {os.path.join(checkpoint_dir(args), 'last.pth')}, or start a new run from "
+                    f"its weights ({task.init_flag})")
 
 
 def _restore(checkpoint: dict, optimisation: Optimisation, state: TrainState, args) -> dict:
     """Optimiser, scaler, loop position and RNG states from a resumable checkpoint; returns its best metrics."""
-    optimisation.optimizer.load_state_dict(checkpoint["optimizer"])
+    try:
+        optimisation.optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as err:  # torch: another number or size of parameter groups
+        raise UserError(f"--resume: the checkpoint's optimizer state does not fit this model's parameter groups "
+                        f"({err}); check the model flags") from None
     if checkpoint.get("scaler"):
         optimisation.scaler.load_state_dict(checkpoint["scaler"])
     for key, value in checkpoint["train_state"].items():
@@ -292,7 +335,9 @@ def evaluate_only(args):
     model.to(device)
     choose_attention_kernel(model, device, dtype)
     log(f"evaluating {path}; {describe_precision(args.precision, dtype, device)}")
-    write_evaluation(task, model, args, device, make_autocast(device, dtype), checkpoint_path=path)
+    autocast = make_autocast(device, dtype)
+    write_evaluation(task, model, args, device, autocast, checkpoint_path=path)
+    save_epoch_figures(task, model, device, autocast, args.output_dir, None, None)
     dist.cleanup()
     return task
 

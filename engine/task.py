@@ -6,10 +6,11 @@ flags, data, model, loss, predictions, metrics and files. The runner (``engine.r
 (``engine.cli``) and the demo (``engine.demo``) call only what is written here and never ask which stage they run.
 A new stage adds an implementation and one line in ``engine.tasks.TASKS``.
 
-Batches. A loader yields ``(inputs, *fields, dropped)``: ``inputs`` a tensor with the batch first (uint8 images
-today, feature windows tomorrow; ``None`` when no sample of the batch could be read), ``fields`` the targets in
-training and the dataset indices in evaluation, ``dropped`` the indices of unreadable samples. The loop moves the
-tensors to the device and applies :meth:`Task.input_transform` before :meth:`Task.loss` or :meth:`Task.predict`.
+Batches. A loader yields ``(inputs, *fields, dropped)``: ``inputs`` a tensor with the batch first, or a tuple of
+such tensors (uint8 images; an MAE evaluation's images with their indices; ``None`` when no sample of the batch could
+be read), ``fields`` the targets in training and the dataset indices in evaluation, ``dropped`` the indices of
+unreadable samples. The loop moves the tensors to the device and applies :meth:`Task.input_transform` before
+:meth:`Task.loss` or :meth:`Task.predict`.
 
 The helpers below serve every implementation: the best-checkpoint rule, the model-flag check of a checkpoint, the
 filling of unpredicted test rows, and saving the figures.
@@ -33,9 +34,11 @@ from utils.monitor import RunMonitor, log, warn, write_json
 @dataclass(frozen=True)
 class Selection:
     """Which validation metrics keep a best checkpoint (``best_<short>.pth`` for each ``short: key``), higher being
-    better; the first is the main one: the files written after training come from its checkpoint."""
+    better unless ``short`` is in ``minimise`` (a loss); the first is the main one: the files written after training
+    come from its checkpoint."""
 
     metrics: dict[str, str]
+    minimise: tuple[str, ...] = ()
 
     @property
     def main(self) -> str:
@@ -45,10 +48,25 @@ class Selection:
         """The short names whose metric beats the best so far; ``best`` is updated in place."""
         better = []
         for short, key in self.metrics.items():
-            if key in values and values[key] > best.get(short, -float("inf")):
+            if key not in values:
+                continue
+            sign = -1.0 if short in self.minimise else 1.0
+            if sign * values[key] > sign * best.get(short, -sign * float("inf")):
                 best[short] = values[key]
                 better.append(short)
         return better
+
+
+def to_device(inputs, device: torch.device):
+    """A batch's inputs (a tensor, or a tuple of tensors) on ``device``."""
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(part, device) for part in inputs)
+    return inputs.to(device, non_blocking=True)
+
+
+def batch_count(inputs) -> int:
+    """The number of samples of a batch's inputs (a tensor, or a tuple of tensors with the batch first)."""
+    return (inputs[0] if isinstance(inputs, (tuple, list)) else inputs).shape[0]
 
 
 class Task(Protocol):
@@ -60,9 +78,12 @@ class Task(Protocol):
     prog: ClassVar[str]  # the entry script, for --help and error lines
     defaults: ClassVar[dict]  # the reference recipe's values of the shared flags (epochs, lr, batch, ...)
     demo_run: ClassVar[dict]  # flag values of --demo (typed flags win over them)
-    # The demo's synthetic data set: {"synthetic": generator track, "full": parameters, "small": parameters}
+    # The demo's synthetic data set: {"synthetic": generator track, "full": parameters, "small": parameters}, and
+    # optionally "folder": the image folder of the set that is the demo's --data-dir
     demo_data: ClassVar[dict]
     batch_size_help: ClassVar[str]  # --help of --batch-size, whose default may be derived (derived_defaults)
+    many_data_dirs: ClassVar[bool]  # --data-dir takes several folders (a list); optional, False by default
+    init_flag: ClassVar[str]  # the flag that starts a new run from a checkpoint's weights ("--mae-ckpt")
 
     @staticmethod
     def add_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
@@ -81,8 +102,9 @@ class Task(Protocol):
     def train_split(self) -> tuple[torch.utils.data.Dataset, Any]:
         """The training dataset and the names of its samples (for messages about unreadable ones)."""
 
-    def val_split(self) -> torch.utils.data.Dataset:
-        """The validation dataset (read once; later calls return the same)."""
+    def val_split(self) -> torch.utils.data.Dataset | None:
+        """The validation dataset (read once; later calls return the same), or None where the run has none (then
+        no best checkpoint is kept and the files come from ``last.pth``)."""
 
     def test_split(self) -> torch.utils.data.Dataset | None:
         """The test list's dataset, or None when there is no test list."""
@@ -137,14 +159,19 @@ class Task(Protocol):
     def checkpoint_extras(self) -> dict:
         """Plain values a checkpoint carries for evaluation besides the weights (e.g. AU thresholds)."""
 
-    def write_outputs(self, out_dir: str, val_outputs: np.ndarray, test_outputs: np.ndarray | None,
+    def write_outputs(self, out_dir: str, val_outputs: np.ndarray | None, test_outputs: np.ndarray | None,
                       test_seen: np.ndarray | None, checkpoint_path: str | None) -> dict:
         """Rank 0, after training and in ``--eval``: post-process, write ``val_metrics.json``,
         ``val_predictions.txt``, ``test_predictions.txt`` (and ``test_metrics.json`` where test labels exist) and
         the figures; returns the validation metrics."""
 
+    def epoch_figures(self, model, device: torch.device, autocast) -> dict:
+        """Rank 0, after each epoch's validation and in ``--eval``: figures of the model's work worth looking at as
+        training goes (MAE: reconstructions of held-out faces), ``{name: matplotlib figure}``; may be empty."""
+
     def demo_score(self, out_dir: str) -> tuple[str, float, float] | None:
-        """(metric name, synthetic test score, score of constant predictions), or None without test labels."""
+        """(what was scored, its score, score of constant predictions), e.g. ("synthetic test P_MTL", ...), or
+        None without labels to score."""
 
 
 # The model flags every stage shares, as entries of a saved model config -> the flags' destinations.
@@ -228,11 +255,16 @@ class ImageTask:
         save_figures(self.figures(val_outputs), out_dir)
         return val
 
+    init_flag: ClassVar[str] = "--mae-ckpt"
+
     # Config entries a checkpoint may leave out, with the value they then mean (``check_model_flags``).
     saved_model_defaults: ClassVar[dict] = {}
 
     def check_model_flags(self, config: dict, path: str) -> None:
         check_model_flags(config, self.args, path, self.model_flags, self.saved_model_defaults)
+
+    def epoch_figures(self, model, device, autocast) -> dict:
+        return {}
 
     def postprocess(self, out_dir, val_outputs, test_outputs, test_names, checkpoint_path):
         """Outputs -> (validation outputs, test outputs, extra entries of val_metrics.json); by default unchanged."""

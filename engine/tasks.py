@@ -1,12 +1,13 @@
 """The stages this project runs, by the name of their entry point's track: ``main_mtl.py`` is "mtl", ``main_lsd.py``
-is "lsd". Each is a :class:`engine.task.Task`; a new stage adds its class here."""
+is "lsd", ``main_pretrain.py`` "pretrain". Each is a :class:`engine.task.Task`; a new stage adds its class here."""
 
 from __future__ import annotations
 
 from engine.lsd_task import LSDTask
 from engine.mtl_task import MTLTask
+from engine.pretrain_task import PretrainTask
 
-TASKS = {task.name: task for task in (MTLTask, LSDTask)}
+TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask)}
 
 
 def task_class(track: str):

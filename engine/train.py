@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from engine.task import batch_count, to_device
 from utils import dist
 from utils.errors import UserError
 from utils.monitor import warn
@@ -106,10 +107,11 @@ def train_one_epoch(task, model, loader, transform, optimizer, scaler, schedule,
                 images, fields, weight = last_good[0], last_good[1], 0.0  # keep the ranks' collectives in step
             else:
                 last_good = (images, fields)
-            state.seen_images += images.shape[0] * int(weight) + len(dropped)
+            count_in_batch = batch_count(images)
+            state.seen_images += count_in_batch * int(weight) + len(dropped)
             _check_bad_fraction(state, config)
 
-            images = images.to(device, non_blocking=True)
+            images = to_device(images, device)
             fields = [f.to(device, non_blocking=True) for f in fields]
             with dist.maybe_no_sync(model, enabled=not is_update):
                 with autocast():
@@ -122,8 +124,8 @@ def train_one_epoch(task, model, loader, transform, optimizer, scaler, schedule,
                 sums[key] = sums.get(key, 0) + value.detach().float()
             sums["loss"] = sums.get("loss", 0) + loss.detach().float() * cycle_len
             count += 1
-            images_done += images.shape[0] * int(weight)
-            interval_images += images.shape[0] * int(weight)
+            images_done += count_in_batch * int(weight)
+            interval_images += count_in_batch * int(weight)
             batch_index += 1
             progress.update(1)
 

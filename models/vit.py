@@ -41,6 +41,21 @@ def kept_patch_count(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
 
 
+def keep_random_patches(patches: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample random masking as in MAE: each sample keeps its ``kept_patch_count`` tokens of smallest ``noise``
+    (uniform per sample and token; drawn here when not given). Returns ``(kept tokens, order)``: ``order`` (B, L) lists
+    each sample's token indices kept first, so ``order[:, :keep]`` are the kept ones, in the order they come."""
+    batch, num_patches, dim = patches.shape
+    keep = kept_patch_count(num_patches, mask_ratio)
+    if keep < 1:
+        raise UserError(f'mask ratio {mask_ratio} keeps no patch token of {num_patches}; use a smaller ratio')
+    if noise is None:
+        noise = torch.rand(batch, num_patches, device=patches.device)
+    order = noise.argsort(dim=1)
+    kept = patches.gather(1, order[:, :keep].unsqueeze(-1).expand(-1, -1, dim))
+    return kept, order
+
+
 class MaskedViT(VisionTransformer):
     """timm ViT whose training forward can drop a random subset of patch tokens per sample."""
 
@@ -54,15 +69,8 @@ class MaskedViT(VisionTransformer):
     def forward_masked_features(self, x: Tensor, mask_ratio: float) -> Tensor:
         """Patch tokens plus their position embeddings, a random ``1 - mask_ratio`` of them kept, then the blocks."""
         patches = self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens:]
-        batch, num_patches, dim = patches.shape
-        keep = kept_patch_count(num_patches, mask_ratio)
-        if keep < 1:
-            raise UserError(f'mask ratio {mask_ratio} keeps no patch token of {num_patches}; use a smaller ratio')
-        # per-sample shuffle: the `keep` tokens with the smallest noise survive
-        noise = torch.rand(batch, num_patches, device=patches.device)
-        kept_index = noise.argsort(dim=1)[:, :keep]
-        patches = patches.gather(1, kept_index.unsqueeze(-1).expand(-1, -1, dim))
-        cls_token = (self.cls_token + self.pos_embed[:, :self.num_prefix_tokens]).expand(batch, -1, -1)
+        patches, _ = keep_random_patches(patches, mask_ratio)
+        cls_token = (self.cls_token + self.pos_embed[:, :self.num_prefix_tokens]).expand(patches.shape[0], -1, -1)
         tokens = self.pos_drop(torch.cat([cls_token.to(patches.dtype), patches], dim=1))
         tokens = self.norm_pre(self.patch_drop(tokens))
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -96,12 +104,10 @@ def hybrid_stem(patch_size: int, embed_dim: int) -> nn.Sequential:
     return stem.to(memory_format=torch.channels_last)
 
 
-def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,
-              global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear') -> MaskedViT:
-    """A ViT of a preset size; ``num_classes=0`` leaves no head (callers attach their own).
-
-    ``patch_embed='hybrid'`` swaps the patchify layer for ResNet-18 stages (:func:`hybrid_stem`).
-    """
+def vit_arguments(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,
+                  global_pool: bool = False, patch_size: int | None = None) -> dict:
+    """timm ``VisionTransformer`` arguments of a preset size, configured as MAE's ViTs (LayerNorm eps 1e-6, qkv
+    bias, MLP ratio 4); a size, patch or image size that cannot make a ViT is a UserError."""
     if size not in VIT_PRESETS:
         raise UserError(f'unknown ViT size {size!r}; choose one of {", ".join(VIT_PRESETS)}')
     preset = dict(VIT_PRESETS[size])
@@ -109,13 +115,22 @@ def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, dro
         preset['patch_size'] = patch_size
     if img_size < preset['patch_size']:
         raise UserError(f'image size {img_size} is smaller than the ViT patch size {preset["patch_size"]}')
+    return dict(img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path, mlp_ratio=4.0, qkv_bias=True,
+                global_pool='avg' if global_pool else 'token', norm_layer=partial(nn.LayerNorm, eps=1e-6), **preset)
+
+
+def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,
+              global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear') -> MaskedViT:
+    """A ViT of a preset size; ``num_classes=0`` leaves no head (callers attach their own).
+
+    ``patch_embed='hybrid'`` swaps the patchify layer for ResNet-18 stages (:func:`hybrid_stem`).
+    """
+    arguments = vit_arguments(size, img_size, num_classes, drop_path, global_pool, patch_size)
     if patch_embed not in PATCH_EMBEDS:
         raise UserError(f'unknown patch embedding {patch_embed!r}; choose one of {", ".join(PATCH_EMBEDS)}')
-    vit = MaskedViT(
-        img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path, mlp_ratio=4.0, qkv_bias=True,
-        global_pool='avg' if global_pool else 'token', norm_layer=partial(nn.LayerNorm, eps=1e-6), **preset)
+    vit = MaskedViT(**arguments)
     if patch_embed == 'hybrid':
-        vit.patch_embed.proj = hybrid_stem(preset['patch_size'], vit.embed_dim)
+        vit.patch_embed.proj = hybrid_stem(arguments['patch_size'], vit.embed_dim)
     return vit
 
 

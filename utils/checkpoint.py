@@ -8,7 +8,8 @@ holding pickled objects of other classes is refused and none of its code runs. I
 - every checkpoint: ``model`` (state dict), ``model_config`` (rebuilds the model), ``epoch`` (index of the last
   finished epoch, as in ``log.jsonl``; -1 before the first), ``step`` (optimizer updates), ``args`` (the run's flags),
   ``metrics`` (validation metrics of that epoch), and the task's extras (MTL: ``au_thresholds``);
-- ``last.pth`` also what a resume needs: ``optimizer``, ``scaler`` (empty unless fp16), ``train_state`` (the loop's
+- ``last.pth`` also what a resume needs: ``optimizer``, ``scaler`` (a GradScaler's state; its initial one unless
+  fp16, so that facebookresearch/mae's code resumes from our files too), ``train_state`` (the loop's
   position: next epoch, micro-batches done in it, counters), ``best`` (best value of each selection metric so far)
   and ``rng`` (every process's generator states).
 """
@@ -31,6 +32,12 @@ try:  # numpy 2 moved the scalar constructor; pickles name it either way
     from numpy._core.multiarray import scalar as _numpy_scalar
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import scalar as _numpy_scalar
+
+
+# What an enabled but unused GradScaler holds (torch's defaults): a disabled one has no state, which torch refuses to
+# load into an enabled scaler such as MAE's.
+IDLE_SCALER_STATE = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                     "_growth_tracker": 0}
 
 
 def checkpoint_content(model_state: dict, config: dict, args: dict, epochs_done: int, step: int, metrics=None,
