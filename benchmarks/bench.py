@@ -6,13 +6,15 @@ Warm-up steps run first and are not measured.
 
     python benchmarks/bench.py train --model emma --vit base --batch-size 8 --steps 3 --threads 2 --precision fp32
     python benchmarks/bench.py train --model cotex --vit base --batch-size 8 --steps 3 --mask-ratio 0.75
+    python benchmarks/bench.py pretrain --vit base --batch-size 8 --steps 3 --threads 2
     python -m datasets.synthetic mtl /tmp/benchdata --videos 40 --frames 50
     python benchmarks/bench.py data --data-dir /tmp/benchdata --batch-size 64 --workers 2
     python benchmarks/bench.py eval --model emma --vit base --batch-size 64 [--ckpt FILE] [--data-dir DIR]
 
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
-input transform, on random uint8 crops of the model's size (what the training loader delivers); ``data`` iterates the
+input transform, on random uint8 crops of the model's size (what the training loader delivers), and ``pretrain``
+the same with MAE's task (``engine.pretrain_task``: the MAE, its parameter groups and betas); ``data`` iterates the
 training loader of ``engine.runtime`` over an MTL data directory (decoding and augmentation in its workers) and applies
 the input transform, counting the normalised float batches on the device; ``eval`` runs ``engine.evaluate.predict``
 with the input transform, which resizes the frames.
@@ -36,6 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.images import collate_uint8  # noqa: E402
+from datasets.transforms import sample_rng  # noqa: E402
 from engine.cli import build_parser  # noqa: E402
 from engine.evaluate import eval_loader, predict  # noqa: E402
 from engine.runtime import (  # noqa: E402
@@ -47,13 +50,15 @@ from engine.runtime import (  # noqa: E402
     resolve_precision,
     seed_everything,
 )
+from engine.task import batch_count, to_device  # noqa: E402
 from engine.tasks import task_class  # noqa: E402
 from engine.train import LoopConfig, TrainState, train_one_epoch  # noqa: E402
 from models import build_model  # noqa: E402
 
 # --model -> the entry point's track, and the benchmark's flags that model's entry point also takes
-TRACKS = {"emma": "mtl", "cotex": "lsd"}
-MODEL_FLAGS = {"emma": (), "cotex": ("mask_ratio", "vit_num")}
+TRACKS = {"emma": "mtl", "cotex": "lsd", "mae": "pretrain"}
+MODEL_FLAGS = {"emma": (), "cotex": ("mask_ratio", "vit_num"),
+               "mae": ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads")}
 # Dense bf16 peak of the GPUs we compute MFU for (TFLOP/s); --peak-tflops covers the others.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -116,15 +121,20 @@ def precision_name(dtype) -> str:
         "float16", "fp16")
 
 
-def random_frames(task, batch_size: int, frame_size: int, first_index: int, generator) -> tuple:
-    """One loader batch ``(uint8 images, targets, indices, dropped)`` of random frames with valid random labels,
-    stacked by the real collate function from (3, H, W) views of height-width-channel arrays, as decoded."""
+def random_frames(task, batch_size: int, frame_size: int, first_index: int, generator, train: bool = False) -> tuple:
+    """One loader batch ``(inputs, targets, indices, dropped)`` of random frames with valid random labels, from
+    (3, H, W) views of height-width-channel arrays, as decoded: a training batch made by the task's own augmentation
+    and collate (``train``; what the training loader delivers), else stacked by the evaluation collate of images."""
     targets = task.random_targets(batch_size, generator)
+    augment = task.train_augment(frame_size) if train else None
     samples = []
     for offset in range(batch_size):
         image = torch.randint(0, 256, (frame_size, frame_size, 3), dtype=torch.uint8, generator=generator)
-        samples.append((image.permute(2, 0, 1), targets[offset], first_index + offset))
-    return collate_uint8(samples)
+        image = image.permute(2, 0, 1)
+        if augment is not None:
+            image = (image, augment.params(sample_rng(0, 0, first_index + offset)))
+        samples.append((image, targets[offset], first_index + offset))
+    return augment.collate(samples) if augment is not None else collate_uint8(samples)
 
 
 class RepeatedBatches:
@@ -133,19 +143,23 @@ class RepeatedBatches:
     def __init__(self, batch: tuple, length: int, pin: bool):
         images, *fields, dropped = batch
         if pin:
-            images = images.pin_memory()
+            images = pinned(images)
         self.images, self.fields, self.length = images, fields, length
-        self.dataset = range(length * images.shape[0])
+        self.dataset = range(length * batch_count(images))
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
-        size = self.images.shape[0]
+        size = batch_count(self.images)
         for step in range(self.length):
             fields = list(self.fields)
             fields[-1] = torch.arange(step * size, (step + 1) * size)
             yield (self.images, *fields, [])
+
+
+def pinned(inputs):
+    return tuple(map(pinned, inputs)) if isinstance(inputs, tuple) else inputs.pin_memory()
 
 
 def pick_attention(opts, model, device: torch.device, dtype) -> bool:
@@ -162,14 +176,17 @@ def count_train_flops(task, model, transform, batch: tuple, autocast, device) ->
     """Floating-point operations of one training forward and backward per image (matrix products and convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    images, targets = batch[0][:2].to(device), batch[1][:2].to(device)
+    def first_two(inputs):
+        return tuple(map(first_two, inputs)) if isinstance(inputs, tuple) else inputs[:2]
+
+    images, targets = to_device(first_two(batch[0]), device), batch[1][:2].to(device)
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast():
             loss, _ = task.loss(model, (transform(images), targets))
         loss.backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / images.shape[0]
+    return counter.get_total_flops() / batch_count(images)
 
 
 def summarise(records: list[dict]) -> None:
@@ -199,7 +216,7 @@ def bench_train(opts) -> None:
     optimizer, scaler, schedule = optimisation.optimizer, optimisation.scaler, optimisation.schedule
     transform = task.input_transform(args.img_size)
     # what the training loader delivers: uint8 crops of the model's size, augmented in its workers
-    batch = random_frames(task, args.batch_size, args.img_size, 0, torch.Generator().manual_seed(0))
+    batch = random_frames(task, args.batch_size, args.img_size, 0, torch.Generator().manual_seed(0), train=True)
     gflop = count_train_flops(task, model, transform, batch, autocast, device) / 1e9 if opts.flops else None
     if opts.compile:
         model = torch.compile(model)
@@ -218,7 +235,7 @@ def bench_train(opts) -> None:
         run_steps(opts.warmup)  # compilation, allocator growth, oneDNN kernel selection
     peak_tflops = opts.peak_tflops or next((peak for name, peak in PEAK_BF16_TFLOPS.items()
                                             if device.type == "cuda" and name in device_name(device)), None)
-    settings = dict(bench="train", model=opts.model, vit=opts.vit, batch_size=args.batch_size,
+    settings = dict(bench=opts.command, model=opts.model, vit=opts.vit, batch_size=args.batch_size,
                     accum_iter=opts.accum_iter, steps=opts.steps, warmup=opts.warmup,
                     mask_ratio=getattr(args, "mask_ratio", None), vit_num=getattr(args, "vit_num", None),
                     img_size=args.img_size,
@@ -337,8 +354,9 @@ def bench_eval(opts) -> None:
     summarise(records)
 
 
-def model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=sorted(TRACKS), default="emma")
+def model_flags(parser: argparse.ArgumentParser, models: bool = True) -> None:
+    if models:
+        parser.add_argument("--model", choices=["cotex", "emma"], default="emma")
     parser.add_argument("--vit", choices=["nano", "tiny", "small", "base", "large", "huge"], default="base")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--patch-size", type=int, default=None)
@@ -374,6 +392,22 @@ def build_cli() -> argparse.ArgumentParser:
     train.add_argument("--no-flops", dest="flops", action="store_false",
                        help="skip counting the FLOPs of a step (and the MFU)")
 
+    pretrain = commands.add_parser("pretrain", help="MAE pretraining steps on random images")
+    model_flags(pretrain, models=False)
+    common_flags(pretrain, warmup=1)
+    pretrain.add_argument("--batch-size", type=int, default=8)
+    pretrain.add_argument("--steps", type=int, default=3, help="measured optimizer steps (default: %(default)s)")
+    pretrain.add_argument("--accum-iter", type=int, default=1, help="micro-batches per optimizer step")
+    pretrain.add_argument("--mask-ratio", type=float, default=0.75, help="MAE's mask ratio (default: %(default)s)")
+    pretrain.add_argument("--decoder-dim", type=int, default=512)
+    pretrain.add_argument("--decoder-depth", type=int, default=8)
+    pretrain.add_argument("--decoder-heads", type=int, default=16)
+    pretrain.add_argument("--peak-tflops", type=float, default=None,
+                          help="the device's peak for MFU (default: known GPUs' dense bf16 peak)")
+    pretrain.add_argument("--no-flops", dest="flops", action="store_false",
+                          help="skip counting the FLOPs of a step (and the MFU)")
+    pretrain.set_defaults(model="mae")
+
     data = commands.add_parser("data", help="the MTL training loader and transform")
     data.add_argument("--data-dir", required=True, help="an MTL data directory (python -m datasets.synthetic mtl DIR)")
     data.add_argument("--batch-size", type=int, default=64)
@@ -403,7 +437,7 @@ def main(argv=None) -> None:
         keep_freed_memory()  # as the entry points do
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    {"train": bench_train, "data": bench_data, "eval": bench_eval}[opts.command](opts)
+    {"train": bench_train, "pretrain": bench_train, "data": bench_data, "eval": bench_eval}[opts.command](opts)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Images are found by one directory listing per folder (``os.scandir``), never one
 CelebA or Aff-Wild2 frames are listed in seconds. Several roots are joined; a list file can restrict the set; a fixed
 share can be held out for validation by a hash of each image's name, so the split stays the same when images are
 added. The augmentation is MAE's: RandomResizedCrop (scale 0.2 to 1, ratio 3/4 to 4/3, bicubic) and a horizontal flip,
-drawn per sample from its own generator and applied in the loader workers on uint8 images, as ``datasets.transforms``
-does for the fine-tuning stages; evaluation images are resized and centre-cropped (MAE's eval transform).
+drawn per sample from its own generator (with the seed of the sample's patch mask) and applied in the loader workers on
+uint8 images, as ``datasets.transforms`` does for the fine-tuning stages; evaluation images are resized and
+centre-cropped (MAE's eval transform).
 """
 
 from __future__ import annotations
@@ -185,12 +186,13 @@ class FaceImages(Dataset):
 @dataclass(frozen=True)
 class CropParams:
     """One sample's RandomResizedCrop draw, independent of the image's size: ten (area share, log aspect) attempts
-    and the crop's position as shares of the free space; and the flip."""
+    and the crop's position as shares of the free space; the flip; and the seed of its patch mask."""
 
     attempts: tuple[tuple[float, float], ...]
     x: float
     y: float
     flip: bool
+    mask_seed: int
 
 
 class PretrainAugment:
@@ -206,7 +208,7 @@ class PretrainAugment:
     def params(self, rng: random.Random) -> CropParams:
         log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
         attempts = tuple((rng.uniform(*self.scale), rng.uniform(log_low, log_high)) for _ in range(10))
-        return CropParams(attempts, rng.random(), rng.random(), rng.random() < self.flip_p)
+        return CropParams(attempts, rng.random(), rng.random(), rng.random() < self.flip_p, rng.getrandbits(62))
 
     def box(self, height: int, width: int, params: CropParams) -> tuple[int, int, int, int]:
         """(top, left, crop height, crop width) of a sample's draw on an image of this size."""
@@ -240,7 +242,13 @@ class PretrainAugment:
         return out.permute(0, 3, 1, 2)
 
     def collate(self, samples: list):
-        return collate_uint8(samples, stack_images=self.batch)
+        """``((images, mask seeds (B, 1)), indices, dropped)``: each sample's mask comes from its own seed, so a
+        sample is masked the same way in any batch, on any number of processes, and after a resume."""
+        images, *fields, dropped = collate_uint8(samples, stack_images=self.batch)
+        if images is None:
+            return (None, *fields, dropped)
+        seeds = [image[1].mask_seed for image, *_ in samples if image is not None]
+        return ((images, torch.tensor(seeds, dtype=torch.int64)[:, None]), *fields, dropped)
 
 
 def resize_uint8(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -5,9 +5,11 @@ its encoder then initialises EMMA's and masked CoTEX's ViTs (``--mae-ckpt``). Th
 (0.9, 0.95) and weight decay 0.05 on the weights (not on biases and norms), blr 1.5e-4 scaled by the effective batch /
 256, a cosine schedule after a warm-up, RandomResizedCrop(0.2, 1) and a flip, ``norm_pix_loss``.
 
-Validation is the mean reconstruction loss over held-out images (``--val-dir``, or a ``--val-fraction`` of the images),
-each with masks drawn from its own fixed seed: the number repeats exactly, whatever the batch size or the number of
-processes. ``--eval`` computes it over every image of ``--data-dir``.
+Every mask comes from a seed of its own sample: in training a seed drawn with the sample's augmentation (keyed by run
+seed, epoch and sample), so a run masks the same way on any number of processes and after a resume; in validation a
+fixed seed per image. Validation is the mean reconstruction loss over held-out images (``--val-dir``, or a
+``--val-fraction`` of the images): the number repeats exactly, whatever the batch size or the number of processes.
+``--eval`` computes it over every image of ``--data-dir``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datasets import folders
 from datasets.images import _stack_uint8
 from datasets.transforms import BatchTransform, normalise
 from engine.cli import non_negative_int, positive_int, unit_interval
+from engine.runtime import unwrap
 from engine.task import Selection, check_model_flags, model_from_checkpoint, save_figures, write_metrics
 from models.weights import compare_keys, describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
 from utils.errors import UserError
@@ -34,7 +37,7 @@ PRETRAIN_MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size":
                         "decoder_dim": "decoder_dim", "decoder_depth": "decoder_depth",
                         "decoder_heads": "decoder_heads", "norm_pix_loss": "norm_pix_loss"}
 RECONSTRUCTION_GRID = 8  # held-out faces in each epoch's reconstruction figure
-MASK_STREAM = 1 << 40  # evaluation masks: seed MASK_STREAM * (--mask-seed + 1) + index * 64 + k
+MASK_STREAM = 1 << 40  # mask k of evaluation image i: seed MASK_STREAM * (--mask-seed + 1) + i * 64 + k
 
 
 def mask_ratio(text):
@@ -165,14 +168,19 @@ class PretrainTask:
         return folders.PretrainAugment(img_size)
 
     def eval_collate(self, samples: list):
-        """``((images, indices, shorter sides), indices, [])``: unreadable images become blank ones of side 0, so
-        that every index gets a row (marked skipped by :meth:`predict`)."""
+        """``((images, mask seeds (B, K), shorter sides), indices, [])``: unreadable images become blank ones of side
+        0, so that every index gets a row (marked skipped by :meth:`predict`)."""
         good = [image for image, _ in samples if image is not None]
         blank = torch.zeros_like(good[0]) if good else torch.zeros((3, 1, 1), dtype=torch.uint8)
         images = [image if image is not None else blank for image, _ in samples]
         indices = torch.tensor([index for _, index in samples], dtype=torch.int64)
         sides = torch.tensor([min(image.shape[-2:]) if image is not None else 0 for image, _ in samples])
-        return (_stack_uint8(images), indices, sides), indices, []
+        return (_stack_uint8(images), self.eval_mask_seeds(indices), sides), indices, []
+
+    def eval_mask_seeds(self, indices: torch.Tensor) -> torch.Tensor:
+        """The seeds of the ``--eval-masks`` fixed masks of each listed image, (B, K)."""
+        base = MASK_STREAM * (self.args.mask_seed + 1)
+        return base + indices[:, None] * 64 + torch.arange(self.args.eval_masks)[None, :]
 
     def input_transform(self, img_size: int):
         return PretrainTransform(img_size)
@@ -230,24 +238,18 @@ class PretrainTask:
 
     # ---- training and prediction
     def loss(self, model, batch):
-        images, _ = batch
-        per_sample, _, _ = model(images, mask_ratio=self.args.mask_ratio)
+        (images, seeds), _ = batch
+        noise = mask_noise(seeds[:, 0], unwrap(model).patch_embed.num_patches)  # the model may be DDP's wrapper
+        per_sample, _, _ = model(images, mask_ratio=self.args.mask_ratio, noise=noise)
         return per_sample.mean(), {}
-
-    def eval_noise(self, indices: torch.Tensor, num_patches: int, k: int) -> torch.Tensor:
-        """The fixed masking noise of mask ``k`` of each listed image, (B, L), the same in any batch or process."""
-        base = MASK_STREAM * (self.args.mask_seed + 1)
-        rows = [torch.rand(num_patches, generator=torch.Generator().manual_seed(base + int(i) * 64 + k))
-                for i in indices.cpu()]
-        return torch.stack(rows).to(indices.device)
 
     def predict(self, model, inputs):
         """Per image: the mean reconstruction loss over ``--eval-masks`` fixed masks, and the loss of predicting
         each dropped patch's mean; NaN for an image that could not be read or is smaller than a patch."""
-        images, indices, sides = inputs
+        images, seeds, sides = inputs
         losses, baselines = [], []
-        for k in range(self.args.eval_masks):
-            noise = self.eval_noise(indices, model.patch_embed.num_patches, k)
+        for k in range(seeds.shape[1]):
+            noise = mask_noise(seeds[:, k], model.patch_embed.num_patches)
             per_sample, _, mask = model(images, mask_ratio=self.args.mask_ratio, noise=noise)
             target = model.target(images)
             flat = target - target.mean(dim=-1, keepdim=True)
@@ -301,13 +303,13 @@ class PretrainTask:
         samples = [sample for sample in samples if sample[0] is not None]
         if not samples:
             return {}
-        images, indices, _ = self.eval_collate(samples)[0]
+        images, seeds, sides = self.eval_collate(samples)[0]
         transform = self.input_transform(model.config["img_size"])
-        x, indices, _ = transform((images.to(device), indices.to(device), None))
+        x, seeds, _ = transform((images.to(device), seeds.to(device), sides.to(device)))
         was_training = model.training
         model.eval()
         with torch.inference_mode(), autocast():
-            noise = self.eval_noise(indices, model.patch_embed.num_patches, 0)
+            noise = mask_noise(seeds[:, 0], model.patch_embed.num_patches)
             _, predicted, mask = model(x, mask_ratio=self.args.mask_ratio, noise=noise)
         model.train(was_training)
         views = reconstruction_views(model, x.float(), predicted.float(), mask)
@@ -320,6 +322,14 @@ class PretrainTask:
         with open(path) as handle:
             val = json.load(handle)
         return ("held-out reconstruction loss (lower is better)", val["loss"], val["patch_mean_loss"])
+
+
+def mask_noise(seeds: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Masking noise (B, L) of each sample from its own seed (``models.vit.keep_random_patches`` keeps the patches
+    of smallest noise): the same mask in any batch, process or run. Drawn on the CPU, then moved to the seeds'
+    device."""
+    rows = [torch.rand(num_patches, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds.cpu()]
+    return torch.stack(rows).to(seeds.device, non_blocking=True)
 
 
 def load_init(model, path: str) -> None:
@@ -362,17 +372,19 @@ def _preset_patch(size: str) -> int:
 
 
 class PretrainTransform:
-    """Device-side transform: training batches (uint8, already the model's size) are normalised; evaluation inputs
-    ``(images, indices, sides)`` get MAE's eval view (shorter side to size / 0.875, centre crop) first."""
+    """Device-side transform: training inputs ``(images, mask seeds)`` (uint8 images already the model's size) are
+    normalised; evaluation inputs ``(images, mask seeds, sides)`` get MAE's eval view (shorter side to size / 0.875,
+    centre crop) first."""
 
     def __init__(self, img_size: int):
         self.img_size = img_size
         self.train = BatchTransform(img_size)
 
     def __call__(self, inputs):
-        if not isinstance(inputs, tuple):
-            return self.train(inputs)
-        images, indices, sides = inputs
+        if len(inputs) == 2:
+            images, seeds = inputs
+            return self.train(images), seeds
+        images, seeds, sides = inputs
         size = self.img_size
         x = images.float().div_(255)
         height, width = x.shape[-2:]
@@ -381,7 +393,7 @@ class PretrainTransform:
         x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True,
                                             align_corners=False).clamp_(0, 1)
         top, left = (new_h - size) // 2, (new_w - size) // 2
-        return normalise(x[..., top:top + size, left:left + size].contiguous()), indices, sides
+        return normalise(x[..., top:top + size, left:left + size].contiguous()), seeds, sides
 
 
 def reconstruction_views(model, images: torch.Tensor, predicted: torch.Tensor, mask: torch.Tensor) -> list:

@@ -82,7 +82,7 @@ class Task(Protocol):
     # optionally "folder": the image folder of the set that is the demo's --data-dir
     demo_data: ClassVar[dict]
     batch_size_help: ClassVar[str]  # --help of --batch-size, whose default may be derived (derived_defaults)
-    many_data_dirs: ClassVar[bool]  # --data-dir takes several folders (a list); optional, False by default
+    many_data_dirs: ClassVar[bool]  # --data-dir takes several folders (a list) instead of one data root
     init_flag: ClassVar[str]  # the flag that starts a new run from a checkpoint's weights ("--mae-ckpt")
 
     @staticmethod
@@ -256,6 +256,7 @@ class ImageTask:
         return val
 
     init_flag: ClassVar[str] = "--mae-ckpt"
+    many_data_dirs: ClassVar[bool] = False  # one data root in the ABAW layout
 
     # Config entries a checkpoint may leave out, with the value they then mean (``check_model_flags``).
     saved_model_defaults: ClassVar[dict] = {}
