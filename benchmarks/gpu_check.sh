@@ -1,9 +1,9 @@
 #!/bin/sh
 # What only a GPU can show, in at most about 8 minutes on one GPU; one JSON line per measurement on stdout:
 #   the suite's GPU tests (pytest -m gpu); EMMA ViT-B and masked CoTEX 2 x ViT-B (mask 0.75) training img/s in bf16 at
-#   the reference batches (100 and 64), with MFU and peak memory, eager and --compile; the MTL data pipeline with 8
-#   workers feeding 224 px batches to the GPU, against the training speed it must keep up with; a --demo-sized
-#   end-to-end MTL run on the GPU.
+#   the reference batches (100 and 64), and MAE ViT-B/16 pretraining at batch 256, with MFU and peak memory, eager and
+#   --compile; the MTL data pipeline with 8 workers feeding 224 px batches to the GPU, against the training speed it
+#   must keep up with; a --demo-sized end-to-end MTL run on the GPU.
 # Usage: sh benchmarks/gpu_check.sh [WORK_DIR]      (WORK_DIR, default a new temporary folder, keeps the logs)
 set -eu
 cd "$(dirname "$0")/.."
@@ -40,6 +40,9 @@ for compile in "" "--compile"; do
     --precision bf16 --device cuda $compile
   measure "cotex$name" python benchmarks/bench.py train --model cotex --vit base --batch-size 64 --mask-ratio 0.75 \
     --steps 10 --warmup 3 --precision bf16 --device cuda $compile
+  # MAE pretraining, ViT-B/16 at batch 256 (goal: above 40% MFU in bf16)
+  measure "mae$name" python benchmarks/bench.py pretrain --vit base --batch-size 256 --steps 10 --warmup 3 \
+    --precision bf16 --device cuda $compile
 done
 
 python -m datasets.synthetic mtl "$WORK/data" --videos 80 --frames 50 > "$WORK/data_gen.log" 2>&1

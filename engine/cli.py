@@ -208,9 +208,7 @@ def parse_args(track, description: str, argv=None) -> argparse.Namespace:
     typed = typed_flags(parser, argv)
     parser.set_defaults(track=stage.name, typed=sorted(typed), **(demo.run_settings(stage) if args.demo else {}))
     args = parser.parse_args(argv)
-    derived = dict(stage.derived_defaults(args))
-    if args.demo and args.mae_ckpt:
-        derived["patch_embed"] = "linear"  # MAE weights fit the patchify layer, not the demo's hybrid one
+    derived = dict(stage.derived_defaults(args), **(demo.patchify_settings(args, stage) if args.demo else {}))
     derived = {key: value for key, value in derived.items() if key not in typed}
     if derived:
         parser.set_defaults(**derived)

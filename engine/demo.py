@@ -25,6 +25,10 @@ DEMO_COMMON = dict(vit="nano", patch_size=8, patch_embed="hybrid", global_pool=T
                    accum_iter=1, blr=2e-3, layer_decay=1.0, drop_path=0.0, clip_grad=1.0, weight_decay=0.05,
                    num_workers=2, log_interval=10)
 
+# A fine-tuning demo with the patchify layer (--patch-embed linear, which --mae-ckpt implies) trains this many epochs
+# instead of 3: a patchify epoch costs about half a hybrid one, so either run fits the same five minutes.
+PATCHIFY_RUN = dict(patch_embed="linear", epochs=5)
+
 # ABAW_DEMO_SIZE=small: a seconds-long version of the same pipeline, for tests of the documented commands.
 SMALL_RUN = dict(img_size=32, epochs=1, warmup_epochs=0, batch_size=8, max_steps=3, num_workers=0)
 
@@ -44,6 +48,14 @@ def run_settings(stage) -> dict:
         root = os.path.join(root, stage.demo_data["folder"])
     return {**DEMO_COMMON, **stage.demo_run, **(SMALL_RUN if small() else {}),
             "data_dir": [root] if getattr(stage, "many_data_dirs", False) else root}
+
+
+def patchify_settings(args, stage) -> dict:
+    """Defaults of a fine-tuning demo run with the patchify layer: asked for by ``--patch-embed linear``, or implied by
+    ``--mae-ckpt`` (MAE weights fit the patchify layer, not the demo's hybrid one); empty for other runs."""
+    if run_settings(stage).get("patch_embed") != "hybrid" or not (args.mae_ckpt or args.patch_embed == "linear"):
+        return {}
+    return {key: value for key, value in PATCHIFY_RUN.items() if not (small() and key in SMALL_RUN)}
 
 
 def configure(args, stage) -> float:

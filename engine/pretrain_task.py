@@ -58,7 +58,7 @@ class PretrainTask:
     defaults = dict(output_dir="runs/pretrain", epochs=400, warmup_epochs=40, batch_size=64, accum_iter=1, blr=1.5e-4,
                     min_lr=0.0, layer_decay=1.0, weight_decay=0.05, drop_path=0.0, clip_grad=0.0)
     demo_run = dict(img_size=48, patch_embed="linear", global_pool=False, output_dir="runs/demo_pretrain",
-                    decoder_dim=64, decoder_depth=2, decoder_heads=2, epochs=8, warmup_epochs=1, batch_size=128,
+                    decoder_dim=64, decoder_depth=2, decoder_heads=2, epochs=10, warmup_epochs=1, batch_size=128,
                     blr=1.5e-3, weight_decay=0.05, clip_grad=0.0, val_fraction=0.02)
     demo_data = dict(synthetic="faces", folder="faces", full=dict(count=12000, size=64, seed=0),
                      small=dict(count=48, size=32, seed=0))

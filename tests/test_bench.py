@@ -48,6 +48,14 @@ def test_train_reports_speed_step_time_memory_and_settings(bench, capsys, model,
     assert records[0]["mask_ratio"] == (0.5 if model == "cotex" else None)
 
 
+def test_pretrain_reports_mae_steps_with_their_flops(bench, capsys):
+    bench.main(["pretrain", *TINY_MODEL, "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2",
+                "--batch-size", "2", "--steps", "1", "--warmup", "0", "--repeat", "2", "--mask-ratio", "0.5"])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 2, bench="pretrain", model="mae", batch_size=2, precision="fp32", mask_ratio=0.5)
+    assert records[0]["train_gflop_per_img"] > 0 and records[0]["step_s"] > 0
+
+
 def test_data_counts_normalised_batches_of_the_training_loader(bench, capsys, mtl_data):
     bench.main(["data", "--data-dir", str(mtl_data), "--batch-size", "4", "--workers", "0", "--batches", "2",
                 "--warmup", "1", "--img-size", "32", "--device", "cpu", "--default-malloc"])

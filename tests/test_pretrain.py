@@ -241,7 +241,7 @@ def test_two_gloo_processes_give_the_loss_of_one_at_the_same_effective_batch(fac
 
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(faces, tmp_path):
-    flags = ["--data-dir", str(faces), "--epochs", "3", "--val-fraction", "0.2", *TINY]
+    flags = ["--data-dir", str(faces), "--epochs", "2", "--val-fraction", "0.2", *TINY]
     flags[flags.index("--batch-size") + 1] = "4"
     run_entry("main_pretrain.py", *flags, "--output-dir", tmp_path / "whole")
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -261,7 +261,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(faces, tmp_path):
     process.wait()
     run_entry("main_pretrain.py", *flags, "--output-dir", tmp_path / "cut")
     whole, cut = load(tmp_path / "whole" / "checkpoints" / "last.pth"), load(last)
-    assert whole["step"] == cut["step"] and whole["epoch"] == cut["epoch"] == 2
+    assert whole["step"] == cut["step"] and whole["epoch"] == cut["epoch"] == 1
     for key, value in whole["model"].items():
         assert torch.equal(value, cut["model"][key]), key
 

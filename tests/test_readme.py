@@ -15,6 +15,7 @@ README = os.path.join(ROOT, "README.md")
 # Appended to training and evaluation commands: later flags win, so the documented command runs in seconds. Only what
 # leaves the contract between the commands alone is shrunk (epochs, steps, workers): model, input size, batch and
 # precision stay as documented, so that a training command and the evaluation of its checkpoint meet as a user's do.
+ENTRY_TRACKS = {"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain"}
 SHORTER = ["--epochs", "1", "--warmup-epochs", "0", "--max-steps", "2", "--num-workers", "0", "--log-interval", "1"]
 
 
@@ -58,7 +59,7 @@ def prepare(command, tmp_path):
                 if flag in argv:
                     argv[argv.index(flag) + 1] = value
         script = next((a for a in argv if a.endswith(".py")), None)
-        if script in ("main_mtl.py", "main_lsd.py") and "--demo" not in argv:
+        if script in ENTRY_TRACKS and "--demo" not in argv:
             argv += SHORTER
         if script == "benchmarks/bench.py":
             argv += ["--vit", "nano", "--img-size", "32", "--patch-size", "8", "--steps", "1"]
@@ -68,6 +69,14 @@ def prepare(command, tmp_path):
             argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", *argv[1:]]
         parts.append(argv)
     return parts
+
+
+def demo_folder(argv):
+    """The name of the folder a demo writes to by default (``runs/<name>``)."""
+    from engine.tasks import task_class
+
+    script = next(a for a in argv if a.endswith(".py"))
+    return os.path.basename(task_class(ENTRY_TRACKS[script]).demo_run["output_dir"])
 
 
 @pytest.mark.slow
@@ -82,17 +91,18 @@ def test_readme_commands_run_in_order(tmp_path):
         if prepared is None:
             continue
         for argv in prepared:
-            if "--demo" in argv:
-                argv += ["--output-dir", str(tmp_path / "runs" / "demo")]
+            if "--demo" in argv and "--output-dir" not in argv:  # the demo's own folder, under tmp_path
+                argv += ["--output-dir", str(tmp_path / "runs" / demo_folder(argv))]
             result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
             ran += 1
     assert ran >= 7
     assert (tmp_path / "runs" / "synth_emma_eval" / "test_predictions.txt").is_file()
-    assert (tmp_path / "runs" / "demo" / "test_metrics.json").is_file()
+    assert (tmp_path / "runs" / "demo_mtl" / "test_metrics.json").is_file()
+    assert (tmp_path / "runs" / "demo_mtl_mae" / "test_metrics.json").is_file()  # fine-tuned from the MAE demo
 
 
-@pytest.mark.parametrize("script, track", [("main_mtl.py", "mtl"), ("main_lsd.py", "lsd")])
+@pytest.mark.parametrize("script, track", sorted(ENTRY_TRACKS.items()))
 def test_help_documents_every_flag(script, track):
     from engine.cli import build_parser
 
