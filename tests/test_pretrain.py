@@ -45,6 +45,10 @@ def pretrain_run(faces, tmp_path_factory):
     return out
 
 
+def run_main(*args):
+    main("pretrain", "", [str(arg) for arg in args])
+
+
 def tiny_mae(**kwargs):
     torch.manual_seed(0)
     return MAE("nano", 32, 8, decoder_dim=32, decoder_depth=1, decoder_heads=2, **kwargs)
@@ -229,7 +233,7 @@ def test_two_gloo_processes_give_the_loss_of_one_at_the_same_effective_batch(fac
     flags = ["--data-dir", faces, "--epochs", "1", "--val-fraction", "0.2", *TINY]
     one = [*flags, "--output-dir", tmp_path / "one"]
     one[one.index("--batch-size") + 1] = "8"
-    run_entry("main_pretrain.py", *one)
+    run_main(*one)
     two = [*flags, "--output-dir", tmp_path / "two"]
     two[two.index("--batch-size") + 1] = "4"
     run_torchrun(2, "main_pretrain.py", *two)
@@ -243,7 +247,7 @@ def test_two_gloo_processes_give_the_loss_of_one_at_the_same_effective_batch(fac
 def test_kill_9_then_resume_equals_an_uninterrupted_run(faces, tmp_path):
     flags = ["--data-dir", str(faces), "--epochs", "2", "--val-fraction", "0.2", *TINY]
     flags[flags.index("--batch-size") + 1] = "4"
-    run_entry("main_pretrain.py", *flags, "--output-dir", tmp_path / "whole")
+    run_entry("main_pretrain.py", *flags, "--output-dir", tmp_path / "whole")  # one thread, as the runs below
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "main_pretrain.py", *flags, "--output-dir", str(tmp_path / "cut")],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -285,10 +289,6 @@ def official_layout_checkpoint(path, epoch=3, encoder_only=False):
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": scaler,
                 "args": argparse.Namespace(model="mae_vit_nano", mask_ratio=0.75)}, path)
     return model.state_dict()
-
-
-def run_main(*args):
-    main("pretrain", "", [str(arg) for arg in args])
 
 
 def test_an_official_mae_training_checkpoint_continues_training(faces, tmp_path, capsys):
