@@ -6,8 +6,8 @@ CelebA or Aff-Wild2 frames are listed in seconds. Several roots are joined; a li
 share can be held out for validation by a hash of each image's name, so the split stays the same when images are
 added. The augmentation is MAE's: RandomResizedCrop (scale 0.2 to 1, ratio 3/4 to 4/3, bicubic) and a horizontal flip,
 drawn per sample from its own generator (with the seed of the sample's patch mask) and applied in the loader workers on
-uint8 images, as ``datasets.transforms`` does for the fine-tuning stages; evaluation images are resized and
-centre-cropped (MAE's eval transform).
+uint8 images, as ``datasets.transforms`` does for the fine-tuning stages. Evaluation batches get MAE's eval view
+(shorter side to size / ``EVAL_CROP``, centre crop) on the device (``engine.pretrain_task.PretrainTransform``).
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ class ImageSet:
 
     def path(self, i: int) -> str:
         return os.path.join(self.roots[self.root_index[i]], self.names[i])
-
-    def display(self, i: int) -> str:
-        return self.path(i)
 
     def subset(self, rows) -> ImageSet:
         rows = np.asarray(rows, dtype=np.int64)
@@ -257,15 +254,3 @@ def resize_uint8(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return image
     batch = image[None].contiguous(memory_format=torch.channels_last)
     return F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
-
-
-def eval_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """MAE's evaluation view of a (3, H, W) uint8 image: the shorter side resized to ``size / 0.875``, then the
-    centre ``size`` x ``size`` crop."""
-    height, width = image.shape[-2:]
-    short = int(size / EVAL_CROP)
-    scale = short / min(height, width)
-    new_h, new_w = max(size, int(round(height * scale))), max(size, int(round(width * scale)))
-    resized = resize_uint8(image, new_h, new_w)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[:, top:top + size, left:left + size]

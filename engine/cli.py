@@ -55,6 +55,17 @@ def unit_interval(text):
     return value
 
 
+def open_unit_interval(text):
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def unit_interval_or_zero(text):
+    return 0.0 if float(text) == 0 else unit_interval(text)
+
+
 def smoothing_window(text):
     if text == "auto":
         return text

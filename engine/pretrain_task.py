@@ -25,7 +25,7 @@ import torch
 from datasets import folders
 from datasets.images import _stack_uint8
 from datasets.transforms import BatchTransform, normalise
-from engine.cli import non_negative_int, positive_int, unit_interval
+from engine.cli import non_negative_int, open_unit_interval, positive_int, unit_interval_or_zero
 from engine.runtime import unwrap
 from engine.task import Selection, check_model_flags, model_from_checkpoint, save_figures, write_metrics
 from models.weights import compare_keys, describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
@@ -38,13 +38,6 @@ PRETRAIN_MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size":
                         "decoder_heads": "decoder_heads", "norm_pix_loss": "norm_pix_loss"}
 RECONSTRUCTION_GRID = 8  # held-out faces in each epoch's reconstruction figure
 MASK_STREAM = 1 << 40  # mask k of evaluation image i: seed MASK_STREAM * (--mask-seed + 1) + i * 64 + k
-
-
-def mask_ratio(text):
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return value
 
 
 class PretrainTask:
@@ -82,7 +75,7 @@ class PretrainTask:
                           help="share of the images held out for validation when there is no --val-dir, chosen by "
                                "a hash of each name; 0: no validation (default: %(default)s)")
         model = groups["model"]
-        model.add_argument("--mask-ratio", type=mask_ratio, default=0.75, metavar="R",
+        model.add_argument("--mask-ratio", type=open_unit_interval, default=0.75, metavar="R",
                            help="share of each image's patches dropped (default: %(default)s)")
         model.add_argument("--decoder-dim", type=positive_int, default=512, metavar="D",
                            help="decoder width (default: %(default)s)")
@@ -356,13 +349,6 @@ def load_init(model, path: str) -> None:
     log(f"--init {name}: loaded {len(state)} tensors" + (
         f"; new (not in the file): {len(new)} tensors ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''})"
         if new else ""))
-
-
-def unit_interval_or_zero(text):
-    value = float(text)
-    if value == 0:
-        return 0.0
-    return unit_interval(text)
 
 
 def _preset_patch(size: str) -> int:
