@@ -38,7 +38,8 @@ def small() -> bool:
 
 
 def data_root(stage) -> str:
-    return os.path.join(os.environ.get("ABAW_DEMO_DATA", "demo_data"), stage.name + ("_small" if small() else ""))
+    folder = stage.demo_data.get("root", stage.name)  # a stage may share another stage's data set
+    return os.path.join(os.environ.get("ABAW_DEMO_DATA", "demo_data"), folder + ("_small" if small() else ""))
 
 
 def run_settings(stage) -> dict:
@@ -77,6 +78,8 @@ def configure(args, stage) -> float:
             start = time.perf_counter()
             synthetic.generate(kind, root, **params)
             log(f"generated in {time.perf_counter() - start:.0f} s")
+    if hasattr(stage, "prepare_demo"):  # e.g. the temporal demo trains its backbone first
+        stage.prepare_demo(args)
     return started
 
 

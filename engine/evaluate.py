@@ -48,7 +48,8 @@ def predict(task, model, loader, transform, autocast, device, desc: str = "predi
     """Run ``task.predict`` over the loader; rank 0 gets ``(outputs in dataset order, predicted mask)``.
 
     An undecodable image raises (naming the file) unless ``allow_missing``, in which case its row is marked
-    unpredicted for the caller to fill.
+    unpredicted for the caller to fill. A dataset whose samples each give several rows (the temporal stage's windows
+    of frames) has ``assemble(outputs, predicted)``, which turns the samples' outputs into the rows' on rank 0.
     """
     # Ranks may hold different numbers of batches: run the bare module, since a DDP forward can start collectives
     # (buffer broadcasts) that would wait for a rank with no batch left.
@@ -67,4 +68,6 @@ def predict(task, model, loader, transform, autocast, device, desc: str = "predi
     width = task.output_width
     local_out = np.concatenate(outputs) if outputs else np.zeros((0, width), np.float32)
     local_idx = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    return dist.gather_by_index(local_idx, local_out, total, allow_missing=allow_missing)
+    outputs, seen = dist.gather_by_index(local_idx, local_out, total, allow_missing=allow_missing)
+    assemble = getattr(loader.dataset, "assemble", None)
+    return assemble(outputs, seen) if assemble is not None else (outputs, seen)

@@ -73,26 +73,9 @@ class MTLTask(ImageTask):
             help="frozen: the reference's frozen DAN feeds its expression scores to the VA head; none: EMMA without "
                  "the DAN branch, for data without an expression-pretrained DAN (the demo) (default: %(default)s)")
         groups["optim"].add_argument(
-            "--au-pos-weight", choices=["reference", "data"], default="reference",
-            help="AU BCE pos_weight: the reference's values (tuned to s-Aff-Wild2) or negatives/positives of the "
-                 "training annotations (default: %(default)s)")
-        groups["optim"].add_argument(
             "--va-lr", "--va_lr", type=non_negative_float, default=1e-4,
             help="constant learning rate of the VA head, as the reference's separate Adam (default: %(default)s)")
-        evaluation = groups["evaluation"]
-        evaluation.add_argument(
-            "--tune-au-thresholds", action="store_true",
-            help="pick a per-AU threshold on validation and use it for the test file; the thresholds are saved in "
-                 f"<output-dir>/{AU_THRESHOLDS_FILE} (the checkpoint is never modified)")
-        evaluation.add_argument(
-            "--au-thresholds", metavar="FILE",
-            help=f"with --eval: per-AU thresholds from an earlier run's {AU_THRESHOLDS_FILE} (or val_metrics.json), "
-                 "instead of the checkpoint's (default: the checkpoint's, else 0.5)")
-        evaluation.add_argument(
-            "--smooth-va", type=smoothing_window, default=0, metavar="{auto,0,W}",
-            help="average VA over W neighbouring frames of a video; auto picks W on validation (default: off)")
-        evaluation.add_argument("--smooth-expr", type=smoothing_window, default=0, metavar="{auto,0,W}",
-                                help="the same for expression probabilities (default: off)")
+        add_mtl_output_flags(groups)
 
     @staticmethod
     def derived_defaults(args) -> dict:
@@ -100,11 +83,7 @@ class MTLTask(ImageTask):
 
     @staticmethod
     def check_flags(args, error) -> None:
-        if args.au_thresholds and not args.eval:
-            error("--au-thresholds applies to --eval (a training run writes its files with the thresholds of "
-                  "--tune-au-thresholds, or 0.5)")
-        if args.au_thresholds and not os.path.isfile(args.au_thresholds):
-            error(f"--au-thresholds {args.au_thresholds}: no such file")
+        check_mtl_output_flags(args, error)
 
     # ---- data
     def image_root(self) -> str:
@@ -272,6 +251,11 @@ class MTLTask(ImageTask):
         return fill_unpredicted(outputs, seen, images, nearest, filled)
 
     def test_metrics(self, outputs: np.ndarray, images) -> dict | None:
+        targets = self.test_targets(images)
+        return None if targets is None else metrics.mtl_metrics(*self.decode(outputs), targets)
+
+    def test_targets(self, images) -> np.ndarray | None:
+        """Label rows of the test images where the data set has test labels (the synthetic sets do), else None."""
         path = os.path.join(self.args.data_dir, mtl.TEST_LABEL_FILE)
         if not os.path.isfile(path):
             return None
@@ -281,8 +265,7 @@ class MTLTask(ImageTask):
         if missing:
             warn(f"{path} has no labels for {len(missing)} test images; test metrics skipped")
             return None
-        targets = np.stack([by_image[image] for image in images])
-        return metrics.mtl_metrics(*self.decode(outputs), targets)
+        return np.stack([by_image[image] for image in images])
 
     def postprocess(self, out_dir, val_outputs, test_outputs, test_images, checkpoint_path):
         """AU thresholds tuned on validation, and temporal smoothing with windows chosen on validation."""
@@ -343,6 +326,37 @@ class MTLTask(ImageTask):
         n = len(targets)
         return metrics.mtl_metrics(np.tile(va_mean, (n, 1)), np.full(n, expr_mode),
                                    np.ones((n, abaw.NUM_AU), dtype=int), targets)
+
+
+
+def add_mtl_output_flags(groups) -> None:
+    """The flags of what the MTL outputs are trained with and turned into files (shared by ``main_temporal.py``)."""
+    groups["optim"].add_argument(
+        "--au-pos-weight", choices=["reference", "data"], default="reference",
+        help="AU BCE pos_weight: the reference's values (tuned to s-Aff-Wild2) or negatives/positives of the "
+             "training annotations (default: %(default)s)")
+    evaluation = groups["evaluation"]
+    evaluation.add_argument(
+        "--tune-au-thresholds", action="store_true",
+        help="pick a per-AU threshold on validation and use it for the test file; the thresholds are saved in "
+             f"<output-dir>/{AU_THRESHOLDS_FILE} (the checkpoint is never modified)")
+    evaluation.add_argument(
+        "--au-thresholds", metavar="FILE",
+        help=f"with --eval: per-AU thresholds from an earlier run's {AU_THRESHOLDS_FILE} (or val_metrics.json), "
+             "instead of the checkpoint's (default: the checkpoint's, else 0.5)")
+    evaluation.add_argument(
+        "--smooth-va", type=smoothing_window, default=0, metavar="{auto,0,W}",
+        help="average VA over W neighbouring frames of a video; auto picks W on validation (default: off)")
+    evaluation.add_argument("--smooth-expr", type=smoothing_window, default=0, metavar="{auto,0,W}",
+                            help="the same for expression probabilities (default: off)")
+
+
+def check_mtl_output_flags(args, error) -> None:
+    if args.au_thresholds and not args.eval:
+        error("--au-thresholds applies to --eval (a training run writes its files with the thresholds of "
+              "--tune-au-thresholds, or 0.5)")
+    if args.au_thresholds and not os.path.isfile(args.au_thresholds):
+        error(f"--au-thresholds {args.au_thresholds}: no such file")
 
 
 def read_au_thresholds(path: str) -> list[float]:

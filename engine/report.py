@@ -17,7 +17,7 @@ def write_evaluation(task, model, args, device, autocast, val_loader=None, check
     best epoch) and passes them as ``val_outputs`` on rank 0; every rank must pass the same flag.
     """
     batch = args.eval_batch_size or 2 * args.batch_size
-    transform = task.input_transform(model.config["img_size"])
+    transform = task.input_transform(model.config.get("img_size"))
     if not skip_val_prediction:
         val_set = task.val_split() if val_loader is None else val_loader.dataset
         if val_set is not None:

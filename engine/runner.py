@@ -146,7 +146,7 @@ def train(args):
         # EMMA's only buffers are the frozen DAN's BatchNorm statistics, identical on every rank.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_loader, sampler = make_train_loader(train_set, task.train_augment(config["img_size"]), args.batch_size,
+    train_loader, sampler = make_train_loader(train_set, task.train_augment(config.get("img_size")), args.batch_size,
                                               args.num_workers, device, args.seed)
     val_loader = None if val_set is None else eval_loader(
         val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device, task.eval_collate)
@@ -154,7 +154,7 @@ def train(args):
         raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "
                         f"{args.batch_size} x {dist.world_size()} processes; lower --batch-size")
 
-    input_transform = task.input_transform(config["img_size"])
+    input_transform = task.input_transform(config.get("img_size"))
     loop = LoopConfig(accum_iter=args.accum_iter, clip_grad=args.clip_grad, log_interval=args.log_interval,
                       max_bad_fraction=args.max_bad_images, max_steps=args.max_steps)
     monitor = RunMonitor(args.output_dir)

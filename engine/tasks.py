@@ -1,13 +1,14 @@
 """The stages this project runs, by the name of their entry point's track: ``main_mtl.py`` is "mtl", ``main_lsd.py``
-is "lsd", ``main_pretrain.py`` "pretrain". Each is a :class:`engine.task.Task`; a new stage adds its class here."""
+is "lsd", ``main_pretrain.py`` "pretrain", ``main_temporal.py`` "temporal". Each is a :class:`engine.task.Task`; a new stage adds its class here."""
 
 from __future__ import annotations
 
 from engine.lsd_task import LSDTask
 from engine.mtl_task import MTLTask
 from engine.pretrain_task import PretrainTask
+from engine.temporal_task import TemporalTask
 
-TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask)}
+TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask, TemporalTask)}
 
 
 def task_class(track: str):

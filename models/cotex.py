@@ -52,6 +52,11 @@ class CoTEX(nn.Module):
         """Summed logits of all ViTs on the whole image, as the reference evaluates."""
         return torch.stack([vit(x) for vit in self.vits]).sum(dim=0)
 
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-frame features for a temporal model: the ViTs' pooled features side by side (``vit``)."""
+        return {'vit': torch.cat([vit.forward_head(vit.forward_features(x), pre_logits=True) for vit in self.vits],
+                                 dim=1)}
+
     def load_mae(self, sources: str | Sequence, log=print) -> list[dict]:
         """Initialise the ViTs from one MAE checkpoint for all, or from several shared out in order.
 

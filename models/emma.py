@@ -78,13 +78,26 @@ class EMMA(nn.Module):
         return scores.clone()  # a normal tensor: inference tensors cannot enter an autograd graph
 
     def forward(self, x: Tensor) -> Tensor:
-        expr_au = self.vit(x)
+        return self._outputs(x, self.vit(x))[0]
+
+    def _outputs(self, x: Tensor, expr_au: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The output row [VA, EXPR, AU] from the ViT's 20 outputs, and the DAN's scores (None without a DAN)."""
         if self.cnn is None:
-            va = self.va_head(expr_au)
+            dan_expr, va = None, self.va_head(expr_au)
         else:
             dan_expr = self.dan_expression_scores(x).to(expr_au.dtype)
             va = self.va_head(torch.cat([dan_expr, expr_au], dim=1))
-        return torch.cat([va.to(expr_au.dtype), expr_au], dim=1)
+        return torch.cat([va.to(expr_au.dtype), expr_au], dim=1), dan_expr
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-frame features for a temporal model: the ViT's pooled feature (``vit``), the output row (``heads``,
+        exactly :meth:`forward`'s) and, with a DAN, its 8 expression scores (``dan``)."""
+        pooled = self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)
+        outputs, dan_expr = self._outputs(x, self.vit.head(pooled))
+        parts = {'vit': pooled, 'heads': outputs}
+        if dan_expr is not None:
+            parts['dan'] = dan_expr
+        return parts
 
 
 def load_emma_checkpoint(model: EMMA, path_or_obj, log=print) -> int:

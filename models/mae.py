@@ -147,6 +147,14 @@ class MAE(MaskedViT):
         tokens = self.blocks(torch.cat([cls_token.to(kept.dtype), kept], dim=1))
         return self.norm(tokens), order
 
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """Per-frame features for a temporal model: the encoder over every patch, its normalised patch tokens
+        averaged (``vit``; the pooling of MAE's fine-tuning, which saw no labels)."""
+        tokens = self.patch_embed(images) + self.pos_embed[:, 1:].to(images.dtype)
+        cls_token = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        tokens = self.norm(self.blocks(torch.cat([cls_token.to(tokens.dtype), tokens], dim=1)))
+        return {'vit': tokens[:, 1:].mean(dim=1)}
+
     def decode(self, tokens: Tensor, order: Tensor) -> Tensor:
         """Predicted pixels of every patch, (B, L, patch * patch * 3), from the encoded kept patches."""
         x = self.decoder_embed(tokens)

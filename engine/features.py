@@ -1,0 +1,192 @@
+"""Per-frame features of a frozen backbone, extracted once and reused: the input of the temporal stage.
+
+A backbone is any checkpoint this project trains (EMMA, CoTEX, an MAE pretraining run); its model's ``features(x)``
+gives named parts per frame (``vit``: the ViT's pooled feature; EMMA also ``heads``, its output row, and ``dan``, the
+DAN's scores). A split's features are ``<split>.npy`` (float32, one row per listed frame, in list order; loaded
+memory-mapped) with ``<split>.json`` (the content key, the columns of each part, the frames without a feature)
+in ``<feature-dir>/<backbone key>/``.
+
+The content key hashes the checkpoint file's bytes, the parts, the precision and the split's frame list: a cached
+split is reused only when all of them are unchanged, and extracted again otherwise. Extraction runs like evaluation
+(``engine.evaluate``): every frame once, the same batches on any number of processes, so the files are identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from engine.evaluate import eval_loader, predict
+from utils import dist
+from utils.atomic import atomic_write
+from utils.errors import UserError
+from utils.monitor import log
+
+FORMAT = 1
+PART_ORDER = ("vit", "heads", "dan")
+
+
+def file_sha256(path: str, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_sha256(images) -> str:
+    return hashlib.sha256("\n".join(str(image) for image in images).encode()).hexdigest()
+
+
+class Backbone:
+    """A frozen backbone checkpoint: its model, the parts it offers, and the key of its features."""
+
+    def __init__(self, path: str, parts: str, precision_name: str):
+        from utils.checkpoint import load_checkpoint
+
+        if not os.path.isfile(path):
+            raise UserError(f"--backbone-ckpt {path}: no such file")
+        checkpoint = load_checkpoint(path, "backbone checkpoint")
+        if not isinstance(checkpoint, dict) or "model_config" not in checkpoint:
+            raise UserError(f"--backbone-ckpt {path}: not a checkpoint of this project (no model_config); train "
+                            f"it with main_mtl.py, main_lsd.py or main_pretrain.py")
+        self.path, self.config, self.checkpoint = path, checkpoint["model_config"], checkpoint
+        self.sha256 = dist.broadcast_object(file_sha256(path) if dist.is_main() else None)
+        offered = _offered_parts(self.config)
+        self.parts = tuple(offered) if parts == "auto" else tuple(p for p in PART_ORDER if p in parts.split(","))
+        unknown = sorted(set(parts.split(",")) - set(PART_ORDER)) if parts != "auto" else []
+        if unknown or not self.parts or not set(self.parts) <= set(offered):
+            raise UserError(f"--features {parts}: a {self.config.get('name')} backbone offers "
+                            f"{', '.join(offered)} (comma list, or auto for all)")
+        self.precision = precision_name
+        self.key = hashlib.sha256(json.dumps([FORMAT, self.sha256, self.parts, precision_name]).encode()).hexdigest()
+
+    def model(self):
+        from models import build_model
+        from models.weights import load_exactly
+
+        model = build_model(self.config)
+        load_exactly(model, self.checkpoint["model"], self.path, f"{self.config['name']} backbone")
+        return model
+
+    def describe(self) -> dict:
+        return {"backbone": self.path, "key": self.key, "parts": list(self.parts), "precision": self.precision}
+
+
+def _offered_parts(config: dict) -> list[str]:
+    if config.get("name") == "emma":
+        return ["vit", "heads"] + ([] if config.get("dan") == "none" else ["dan"])
+    return ["vit"]
+
+
+class _Extraction:
+    """The prediction hooks of ``engine.evaluate.predict`` for feature extraction."""
+
+    def __init__(self, parts, width: int):
+        self.parts, self.output_width = parts, width
+
+    def predict(self, model, inputs):
+        features = model.features(inputs)
+        return torch.cat([features[part].float() for part in self.parts], dim=1)
+
+
+class SplitFeatures:
+    """One split's features: ``array`` (memory-mapped, frames x dim), ``available`` (frames with a feature) and
+    ``columns`` (part -> (first, end))."""
+
+    def __init__(self, array, available, columns):
+        self.array, self.available, self.columns = array, available, columns
+
+    def part(self, name: str) -> np.ndarray:
+        first, end = self.columns[name]
+        return np.asarray(self.array[:, first:end])
+
+
+def split_features(backbone: Backbone, split: str, images, dataset, feature_dir: str, args, device) -> SplitFeatures:
+    """The features of ``dataset`` (the split's image dataset, rows in the order of ``images``): from the cache when
+    its key matches, else extracted (on every process) and written by rank 0."""
+    folder = os.path.join(feature_dir, backbone.key[:16])
+    array_path, index_path = os.path.join(folder, f"{split}.npy"), os.path.join(folder, f"{split}.json")
+    key = hashlib.sha256(f"{backbone.key}:{list_sha256(images)}".encode()).hexdigest()
+    cached = dist.broadcast_object(_cached_key(index_path) if dist.is_main() else None)
+    if cached != key:
+        if dist.is_main() and cached is not None:
+            log(f"{index_path}: features of another frame list; extracting {split} again")
+        _extract(backbone, split, images, dataset, array_path, index_path, key, args, device)
+    else:
+        log(f"{split} features: reusing {array_path} (same checkpoint and frame list)")
+    return load_split_features(array_path, index_path, key, len(images))
+
+
+def _cached_key(index_path: str) -> str | None:
+    try:
+        with open(index_path) as handle:
+            return json.load(handle).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def _extract(backbone, split, images, dataset, array_path, index_path, key, args, device) -> None:
+    from datasets.images import collate_uint8
+    from datasets.transforms import BatchTransform
+    from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision
+
+    dtype = resolve_precision(args.precision, device)
+    model = backbone.model().to(device).eval()
+    choose_attention_kernel(model, device, dtype)
+    with torch.inference_mode():
+        probe = model.features(torch.zeros(1, 3, backbone.config["img_size"], backbone.config["img_size"],
+                                           device=device))
+    columns, width = {}, 0
+    for part in backbone.parts:
+        columns[part] = (width, width + probe[part].shape[1])
+        width += probe[part].shape[1]
+    loader = eval_loader(dataset, args.extract_batch_size, args.num_workers, device, collate_uint8)
+    transform = BatchTransform(backbone.config["img_size"])
+    outputs, seen = predict(_Extraction(backbone.parts, width), model, loader, transform, make_autocast(device, dtype),
+                            device, desc=f"extract {split}", allow_missing=True)
+    if dist.is_main():
+        unavailable = np.flatnonzero(~seen)
+        if len(unavailable):
+            log(f"{split} features: {len(unavailable)} frames could not be read and have no feature "
+                f"(e.g. {images[unavailable[0]]}); windows mask them out")
+        os.makedirs(os.path.dirname(array_path), exist_ok=True)
+        with atomic_write(array_path, "wb") as handle:
+            np.save(handle, outputs.astype(np.float32))
+        with atomic_write(index_path) as handle:
+            json.dump(dict(backbone.describe(), key=key, split=split, frames=len(images), dim=width,
+                           columns=columns, list_sha256=list_sha256(images), unavailable=unavailable.tolist(),
+                           frame_list=f"{split}_frames.txt"), handle, indent=1)
+        with atomic_write(os.path.join(os.path.dirname(array_path), f"{split}_frames.txt")) as handle:
+            handle.write("".join(f"{image}\n" for image in images))
+        log(f"{split} features: {len(images)} frames x {width} ({', '.join(backbone.parts)}) -> {array_path}")
+    dist.barrier()
+
+
+def load_split_features(array_path: str, index_path: str, key: str, frames: int) -> SplitFeatures:
+    """A split's cached features, checked against the expected key and frame count (a file cut short, or of another
+    checkpoint or frame list, is a one-line error naming it)."""
+    try:
+        with open(index_path) as handle:
+            index = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{index_path}: unreadable feature index ({err})") from None
+    if index.get("key") != key:
+        raise UserError(f"{index_path}: features of another checkpoint or frame list than the one named (key "
+                        f"{str(index.get('key'))[:16]}, expected {key[:16]}); delete {os.path.dirname(index_path)} "
+                        f"to extract them again")
+    try:
+        array = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{array_path}: feature file cut short or damaged ({err}); delete it to extract again") \
+            from None
+    if array.ndim != 2 or array.shape != (frames, index["dim"]):
+        raise UserError(f"{array_path}: {array.shape} features, expected ({frames}, {index['dim']}); delete it to "
+                        f"extract again")
+    available = np.ones(frames, bool)
+    available[np.asarray(index.get("unavailable", []), dtype=np.int64)] = False
+    return SplitFeatures(array, available, {part: tuple(span) for part, span in index["columns"].items()})

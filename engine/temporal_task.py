@@ -1,0 +1,336 @@
+"""The temporal stage: a sequence model over per-frame features of a frozen backbone, on the ABAW4 MTL track (the
+:class:`engine.task.Task` of ``main_temporal.py``).
+
+The backbone (``--backbone-ckpt``: an EMMA, CoTEX or MAE checkpoint of this project) is run once over the train,
+validation and test frames (``engine.features``: cached by a content key). The temporal model (``models.temporal``)
+sees windows of consecutive listed frames of a video (``datasets.temporal``) and predicts each frame's MTL row; the
+losses, metrics, AU threshold tuning, smoothing and submission files are the MTL stage's, on the per-frame outputs
+that evaluation assembles from the overlapping windows.
+
+With EMMA features that include its output row (``heads``), evaluation also reports the backbone's own frame-level
+scores on the same test frames (``frame_p_mtl``, and ``frame_p_mtl_smoothed`` with VA smoothing chosen on
+validation), so the temporal model's gain is measured against the same backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+
+import numpy as np
+
+from datasets import mtl
+from datasets.temporal import TrainWindows, WindowAugment, WindowSet, collate_windows
+from engine import features as feature_store
+from engine.cli import positive_int, ratio
+from engine.mtl_task import MTLTask, add_mtl_output_flags, check_mtl_output_flags
+from engine.task import Selection, model_from_checkpoint, write_metrics
+from utils import abaw, dist, metrics
+from utils.errors import UserError
+from utils.monitor import log
+
+# Flags of the shared parser that describe an image model: the backbone's checkpoint decides those.
+IMAGE_MODEL_FLAGS = ("mae_ckpt", "vit", "img_size", "patch_size", "patch_embed", "global_pool", "drop_path",
+                     "layer_decay")
+DEMO_BACKBONE = os.path.join("runs", "demo_mtl", "checkpoints", "best_mtl.pth")
+
+
+class TemporalTask(MTLTask):
+    """A transformer or TCN over windows of per-frame features, trained with EMMA's masked MTL losses."""
+
+    name = "temporal"
+    prog = "main_temporal.py"
+    # The second stage of the ABAW5-7 winners (Netease Fuxi: 4 layers, 4 heads, width 128, 100-frame windows).
+    defaults = dict(output_dir="runs/temporal", epochs=20, warmup_epochs=1, batch_size=32, accum_iter=1, blr=5e-4,
+                    min_lr=1e-6, layer_decay=1.0, weight_decay=0.05, drop_path=0.0, clip_grad=1.0)
+    demo_run = dict(output_dir="runs/demo_temporal", backbone_ckpt=DEMO_BACKBONE, window=32, width=64, layers=2,
+                    heads=4, epochs=12, warmup_epochs=1, batch_size=16, blr=1e-3, au_pos_weight="data",
+                    tune_au_thresholds=True, log_interval=20)
+    demo_data = dict(MTLTask.demo_data, root="mtl")  # the MTL demo's data set
+    batch_size_help = "windows per process and batch (default: %(default)s)"
+    selection = Selection({"mtl": "p_mtl", "va": "va", "expr": "f1_expr", "au": "f1_au"})
+    model_flags = dict(kind="temporal", width="width", layers="layers", heads="heads", positions="positions",
+                       kernel="tcn_kernel")
+    saved_model_defaults = {}
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.backbone_path = args.backbone_ckpt
+        self.parts = args.features
+        self.window, self.stride = args.window, args.stride
+        self._windows = {}
+
+    # ---- command line
+    @staticmethod
+    def add_flags(groups) -> None:
+        data = groups["data"]
+        data.add_argument("--backbone-ckpt", metavar="PATH",
+                          help="the frozen backbone whose per-frame features the temporal model reads: a checkpoint "
+                               "of main_mtl.py (EMMA), main_lsd.py (CoTEX) or main_pretrain.py (MAE, which saw no "
+                               "labels); --eval takes the one the temporal checkpoint was trained on")
+        data.add_argument("--features", default="auto", metavar="{auto,PARTS}",
+                          help="comma list of feature parts: vit (pooled ViT feature), heads (EMMA's output row), dan "
+                               "(EMMA's DAN scores); auto: all the backbone offers (default: %(default)s)")
+        data.add_argument("--feature-dir", metavar="DIR",
+                          help="where features are cached, by content key (default: <output-dir>/features)")
+        data.add_argument("--extract-batch-size", type=positive_int, default=64, metavar="N",
+                          help="frames per batch of feature extraction (default: %(default)s)")
+        model = groups["model"]
+        model.add_argument("--temporal", choices=["transformer", "tcn"], default="transformer",
+                           help="sequence model (default: %(default)s)")
+        model.add_argument("--window", type=positive_int, default=100, metavar="FRAMES",
+                           help="listed frames per window (default: %(default)s)")
+        model.add_argument("--stride", type=positive_int, default=None, metavar="FRAMES",
+                           help="frames between window starts; evaluation averages the overlapping windows' outputs "
+                                "(default: window / 2)")
+        model.add_argument("--layers", type=positive_int, default=4, help="transformer layers or TCN blocks "
+                                                                          "(default: %(default)s)")
+        model.add_argument("--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)")
+        model.add_argument("--width", type=positive_int, default=128, help="model width (default: %(default)s)")
+        model.add_argument("--dropout", type=ratio, default=0.1, help="dropout (default: %(default)s)")
+        model.add_argument("--positions", choices=["sinusoidal", "learned"], default="sinusoidal",
+                           help="position embedding of the transformer (default: %(default)s)")
+        model.add_argument("--tcn-kernel", type=positive_int, default=5, metavar="K",
+                           help="TCN kernel size, odd (default: %(default)s)")
+        add_mtl_output_flags(groups)
+
+    @staticmethod
+    def derived_defaults(args) -> dict:
+        return {"stride": max(1, args.window // 2)}
+
+    @staticmethod
+    def check_flags(args, error) -> None:
+        typed = set(getattr(args, "typed", ()))
+        wrong = [flag for flag in IMAGE_MODEL_FLAGS if flag in typed]
+        if wrong:
+            error(f"{', '.join('--' + flag.replace('_', '-') for flag in wrong)}: the backbone's checkpoint "
+                  f"(--backbone-ckpt) decides the image model; main_temporal.py's own model flags are --temporal, "
+                  f"--window, --stride, --layers, --heads, --width, --dropout, --positions, --tcn-kernel")
+        if not args.backbone_ckpt and not args.eval:
+            error("--backbone-ckpt is required: the checkpoint whose per-frame features the temporal model reads")
+        if args.backbone_ckpt and not os.path.isfile(args.backbone_ckpt) and not args.demo:
+            error(f"--backbone-ckpt {args.backbone_ckpt}: no such file")
+        if args.stride and args.stride > args.window:
+            error(f"--stride {args.stride} exceeds --window {args.window}: frames between windows would never be "
+                  f"predicted")
+        check_mtl_output_flags(args, error)
+
+    @staticmethod
+    def prepare_demo(args) -> None:
+        """Train the MTL demo first when its checkpoint (the demo's backbone) is absent."""
+        if os.path.isfile(args.backbone_ckpt) or "backbone_ckpt" in args.typed:
+            return
+        from engine.cli import parse_args
+        from engine.runner import train
+
+        output_dir = os.path.dirname(os.path.dirname(args.backbone_ckpt))
+        argv = ["--demo", "--output-dir", output_dir, "--seed", str(args.seed), "--device", args.device,
+                "--precision", args.precision] + (["--data-dir", args.data_dir] if "data_dir" in args.typed else [])
+        log(f"no backbone at {args.backbone_ckpt}: training the MTL demo first (main_mtl.py {' '.join(argv)})")
+        train(parse_args("mtl", "", argv))
+
+    # ---- features
+    @cached_property
+    def device(self):
+        return dist.setup(self.args.device)
+
+    @cached_property
+    def backbone(self) -> feature_store.Backbone:
+        from engine.runtime import resolve_precision
+
+        dtype = resolve_precision(self.args.precision, self.device)
+        name = "fp32" if dtype is None else str(dtype).replace("torch.", "")
+        return feature_store.Backbone(self.backbone_path, self.parts, name)
+
+    def feature_dir(self) -> str:
+        return self.args.feature_dir or os.path.join(self.args.output_dir, "features")
+
+    def split_features(self, split: str, dataset) -> feature_store.SplitFeatures:
+        """A split's features over ``dataset``'s images (for the test list, stand-ins included)."""
+        return feature_store.split_features(self.backbone, split, list(dataset.images), dataset, self.feature_dir(),
+                                            self.args, self.device)
+
+    @cached_property
+    def train_features(self) -> feature_store.SplitFeatures:
+        dataset = mtl.MTLDataset(self.image_root(), self.train_annotations, skip_bad=True)
+        return self.split_features("train", dataset)
+
+    @cached_property
+    def val_features(self) -> feature_store.SplitFeatures:
+        return self.split_features("val", super().val_split())
+
+    @cached_property
+    def test_features(self) -> feature_store.SplitFeatures | None:
+        dataset = super().test_split()
+        return None if dataset is None else self.split_features("test", dataset)
+
+    # ---- data
+    def train_split(self):
+        annotations = self.train_annotations
+        self.loss_fn  # noqa: B018 - built now, so that its message comes with the data's
+        features = self.train_features
+        windows = TrainWindows(features.array, annotations.images, annotations.targets, self.window, self.stride,
+                               features.available)
+        self._windows["train"] = windows
+        log(f"training windows: {len(windows)} of {self.window} frames (stride {self.stride}) over "
+            f"{len(windows.runs)} videos")
+        return windows, annotations.images
+
+    def val_split(self):
+        if "val" not in self._windows:
+            features = self.val_features
+            self._windows["val"] = WindowSet(features.array, self.val_annotations.images, self.window, self.stride,
+                                             features.available)
+        return self._windows["val"]
+
+    def test_split(self):
+        if "test" not in self._windows:
+            features = self.test_features
+            self._windows["test"] = None if features is None else WindowSet(
+                features.array, self._test[0], self.window, self.stride, features.available)
+        return self._windows["test"]
+
+    def train_augment(self, img_size):
+        return WindowAugment(self._windows["train"])
+
+    def eval_collate(self, samples):
+        return collate_windows(samples)
+
+    def input_transform(self, img_size):
+        return _identity
+
+    # ---- model
+    @property
+    def output_width(self) -> int:  # one evaluation window's outputs, flattened
+        return self.window * abaw.OUTPUT_WIDTH
+
+    def model_config(self) -> dict:
+        a = self.args
+        return dict(name="temporal", in_dim=int(self.train_features.array.shape[1]), kind=a.temporal, width=a.width,
+                    layers=a.layers, heads=a.heads, dropout=a.dropout, positions=a.positions, window=self.window,
+                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH, features=self.backbone.describe())
+
+    def check_model_flags(self, config: dict, path: str) -> None:
+        super().check_model_flags(config, path)
+        trained_on = config.get("features", {})
+        if trained_on.get("key") != self.backbone.key:
+            raise UserError(f"{path} was trained on the features of {trained_on.get('backbone')} (parts "
+                            f"{','.join(trained_on.get('parts', []))}, {trained_on.get('precision')}, key "
+                            f"{str(trained_on.get('key'))[:16]}), not those of {self.backbone.path} (parts "
+                            f"{','.join(self.backbone.parts)}, {self.backbone.precision}, key "
+                            f"{self.backbone.key[:16]}); name the same backbone, parts and precision")
+
+    def load_pretrained(self, model) -> None:
+        log(f"temporal {self.args.temporal} from random weights over the features of {self.backbone.path} "
+            f"({', '.join(self.backbone.parts)}; {model.config['in_dim']} values per frame)")
+
+    def load_for_eval(self, path: str):
+        from utils.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        config = checkpoint.get("model_config", {}) if isinstance(checkpoint, dict) else {}
+        if config.get("name") != "temporal":
+            raise UserError(f"{path} is not a temporal model's checkpoint (main_temporal.py trains those)")
+        trained_on = config.get("features", {})
+        typed = set(self.args.typed)
+        if "backbone_ckpt" not in typed:
+            self.backbone_path = trained_on.get("backbone")
+            if not self.backbone_path or not os.path.isfile(self.backbone_path):
+                raise UserError(f"{path} was trained on the features of {self.backbone_path}, which is not there; "
+                                f"pass --backbone-ckpt")
+        if "features" not in typed:
+            self.parts = ",".join(trained_on.get("parts", [])) or "auto"
+        if "window" not in typed:
+            self.window = int(config["window"])
+            if "stride" not in typed:
+                self.stride = max(1, self.window // 2)
+        if self.window > int(config["window"]) and config.get("kind") == "transformer":
+            raise UserError(f"--window {self.window} exceeds the {config['window']} frames {path} was trained with")
+        model = model_from_checkpoint(self, checkpoint, path, "temporal")
+        if checkpoint.get("au_thresholds"):
+            self.au_thresholds = list(checkpoint["au_thresholds"])
+        if self.args.au_thresholds:
+            from engine.mtl_task import read_au_thresholds
+
+            self.au_thresholds = read_au_thresholds(self.args.au_thresholds)
+        return model
+
+    def param_groups(self, model) -> list[dict]:
+        skip = model.no_weight_decay()
+        decay, no_decay = [], []
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            (no_decay if parameter.ndim < 2 or name in skip else decay).append(parameter)
+        return [{"params": decay, "weight_decay": self.args.weight_decay, "lr_scale": 1.0},
+                {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+
+    def scales_lr(self) -> bool:
+        return False
+
+    def random_targets(self, count: int, generator):
+        rows = super().random_targets(count * self.window, generator)
+        return rows.reshape(count, self.window, -1)
+
+    # ---- training and prediction
+    def loss(self, model, batch):
+        (features, gaps, valid), targets = batch
+        outputs = model(features, gaps, valid)
+        return self.loss_fn(outputs[valid], targets[valid])
+
+    def predict(self, model, inputs):
+        outputs = model(*inputs)
+        return outputs.reshape(outputs.shape[0], -1)
+
+    # ---- files
+    def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
+        val = super().write_outputs(out_dir, val_outputs, test_outputs, test_seen, checkpoint_path)
+        test_path = os.path.join(out_dir, "test_metrics.json")
+        if "heads" in self.backbone.parts and test_outputs is not None and os.path.isfile(test_path):
+            with open(test_path) as handle:
+                test = json.load(handle)
+            test.update(self.frame_level_scores())
+            write_metrics(out_dir, "test", test)
+        return val
+
+    def frame_level_scores(self) -> dict:
+        """The backbone's own outputs on the same test frames (its ``heads`` features), with the AU thresholds this
+        run uses the same way (tuned on validation with ``--tune-au-thresholds``, else the backbone's), without and
+        with VA smoothing chosen on validation (``--smooth-va auto``)."""
+        val_out, test_out = self.val_features.part("heads"), self.test_features.part("heads")
+        val_labels = self.val_annotations.targets
+        images = self._test[0]
+        test_labels = self.test_targets(images)
+        if self.args.tune_au_thresholds:
+            thresholds = metrics.tune_au_thresholds(abaw.au_probabilities(val_out), val_labels[:, abaw.LABEL_AU])[0]
+        else:
+            thresholds = list(self.backbone.checkpoint.get("au_thresholds") or self.au_thresholds)
+        plain = metrics.mtl_metrics(*self.decode(test_out, thresholds), test_labels)
+        videos, frames = mtl.video_and_frame(self.val_annotations.images)
+        window, _ = metrics.choose_smoothing(val_out[:, abaw.OUT_VA], val_labels[:, abaw.LABEL_VA], videos, frames)
+        smoothed = test_out.copy()
+        if window > 1:
+            test_videos, test_frames = mtl.video_and_frame(images)
+            smoothed[:, abaw.OUT_VA] = metrics.smooth_by_video(smoothed[:, abaw.OUT_VA], test_videos, test_frames,
+                                                               window)
+        smooth = metrics.mtl_metrics(*self.decode(smoothed, thresholds), test_labels)
+        return {"frame_p_mtl": plain["p_mtl"], "frame_p_mtl_smoothed": smooth["p_mtl"],
+                "frame_smooth_va_window": int(window), "frame_ccc_v": plain["ccc_v"], "frame_ccc_a": plain["ccc_a"],
+                "frame_f1_expr": plain["f1_expr"], "frame_f1_au": plain["f1_au"]}
+
+    def demo_score(self, out_dir: str):
+        score = super().demo_score(out_dir)
+        if score is None:
+            return None
+        with open(os.path.join(out_dir, "test_metrics.json")) as handle:
+            test = json.load(handle)
+        if "frame_p_mtl" not in test:
+            return score
+        name = (f"synthetic test P_MTL of the temporal model (the backbone's frame-level P_MTL "
+                f"{test['frame_p_mtl']:.4f}, with VA smoothing {test['frame_p_mtl_smoothed']:.4f})")
+        return name, score[1], score[2]
+
+
+def _identity(inputs):
+    return inputs
