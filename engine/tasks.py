@@ -1,5 +1,6 @@
 """The stages this project runs, by the name of their entry point's track: ``main_mtl.py`` is "mtl", ``main_lsd.py``
-is "lsd", ``main_pretrain.py`` "pretrain", ``main_temporal.py`` "temporal". Each is a :class:`engine.task.Task`; a new stage adds its class here."""
+is "lsd", ``main_pretrain.py`` "pretrain", ``main_temporal.py`` "temporal". Each is a :class:`engine.task.Task`; a
+new stage adds its class here."""
 
 from __future__ import annotations
 

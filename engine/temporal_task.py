@@ -18,8 +18,6 @@ import json
 import os
 from functools import cached_property
 
-import numpy as np
-
 from datasets import mtl
 from datasets.temporal import TrainWindows, WindowAugment, WindowSet, collate_windows
 from engine import features as feature_store

@@ -23,7 +23,8 @@ MODELS = {'emma': EMMA, 'cotex': CoTEX, 'mae': MAE, 'temporal': TemporalModel}
 
 
 def build_model(config: Mapping) -> nn.Module:
-    """A fresh model from ``{'name': 'emma' | 'cotex' | 'mae' | 'temporal', **constructor arguments}`` (e.g. ``model.config``)."""
+    """A fresh model from ``{'name': 'emma' | 'cotex' | 'mae' | 'temporal', **constructor arguments}`` (e.g.
+    ``model.config``)."""
     if not isinstance(config, Mapping) or config.get('name') not in MODELS:
         name = config.get('name') if isinstance(config, Mapping) else config
         raise UserError(f'unknown model {name!r} in model config; expected one of {", ".join(MODELS)}')
