@@ -10,6 +10,8 @@ Warm-up steps run first and are not measured.
     python -m datasets.synthetic mtl /tmp/benchdata --videos 40 --frames 50
     python benchmarks/bench.py data --data-dir /tmp/benchdata --batch-size 64 --workers 2
     python benchmarks/bench.py eval --model emma --vit base --batch-size 64 [--ckpt FILE] [--data-dir DIR]
+    python benchmarks/bench.py extract --model emma --vit base --batch-size 64
+    python benchmarks/bench.py temporal --threads 1 --in-dim 798 --window 100 --batch-size 32
 
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
@@ -17,7 +19,10 @@ input transform, on random uint8 crops of the model's size (what the training lo
 the same with MAE's task (``engine.pretrain_task``: the MAE, its parameter groups and betas); ``data`` iterates the
 training loader of ``engine.runtime`` over an MTL data directory (decoding and augmentation in its workers) and applies
 the input transform, counting the normalised float batches on the device; ``eval`` runs ``engine.evaluate.predict``
-with the input transform, which resizes the frames.
+with the input transform, which resizes the frames; ``extract`` runs the same prediction with the temporal stage's
+feature extraction (``engine.features``: the model's ``features``) and reports its speed as a ratio to ``eval`` on
+the same batches; ``temporal`` calls the training loop with the temporal stage's task and model on random features
+(windows/s, and the time of an epoch over the ABAW4 MTL training frames at that speed).
 
 Fast paths can be switched off to measure what they gain: ``--precision fp32`` (bf16 autocast is the default where
 the device computes it), ``--attention fused|plain`` (the entry points pick per device and precision),
@@ -56,8 +61,8 @@ from engine.train import LoopConfig, TrainState, train_one_epoch  # noqa: E402
 from models import build_model  # noqa: E402
 
 # --model -> the entry point's track, and the benchmark's flags that model's entry point also takes
-TRACKS = {"emma": "mtl", "cotex": "lsd", "mae": "pretrain"}
-MODEL_FLAGS = {"emma": (), "cotex": ("mask_ratio", "vit_num"),
+TRACKS = {"emma": "mtl", "cotex": "lsd", "mae": "pretrain", "temporal": "temporal"}
+MODEL_FLAGS = {"emma": (), "cotex": ("mask_ratio", "vit_num"), "temporal": (),
                "mae": ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads")}
 # Dense bf16 peak of the GPUs we compute MFU for (TFLOP/s); --peak-tflops covers the others.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -354,6 +359,110 @@ def bench_eval(opts) -> None:
     summarise(records)
 
 
+def bench_extract(opts) -> None:
+    """Feature extraction against plain inference of the same model on the same batches."""
+    from engine.features import _Extraction, _offered_parts
+
+    device = pick_device(opts.device)
+    extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--precision", opts.precision]
+    if opts.patch_size:
+        extra += ["--patch-size", str(opts.patch_size)]
+    args = project_args(opts, extra)
+    seed_everything(0)
+    task = task_class(args.track)(args)
+    dtype = resolve_precision(args.precision, device)
+    autocast = make_autocast(device, dtype)
+    model = build_model(task.model_config()).to(device).eval()
+    fused_attention = pick_attention(opts, model, device, dtype)
+    transform = task.input_transform(args.img_size)
+    parts = _offered_parts(model.config)
+    with torch.inference_mode():
+        probe = model.features(torch.zeros(1, 3, args.img_size, args.img_size, device=device))
+    extraction = _Extraction(parts, sum(probe[part].shape[1] for part in parts))
+    images, _, indices, dropped = random_frames(task, opts.batch_size, opts.frame_size, 0,
+                                                torch.Generator().manual_seed(0))
+
+    def run(hooks, batches: int) -> tuple[float, int]:
+        loader = RepeatedBatches((images, indices, dropped), batches, pin=device.type == "cuda")
+        synchronize(device)
+        start = time.perf_counter()
+        outputs, _ = predict(hooks, model, loader, transform, autocast, device)
+        synchronize(device)
+        return time.perf_counter() - start, outputs.shape[0]
+
+    if opts.warmup:
+        run(extraction, opts.warmup)
+        run(task, opts.warmup)
+    settings = dict(bench="extract", model=opts.model, vit=opts.vit, batch_size=opts.batch_size,
+                    img_size=args.img_size, parts=parts, feature_dim=extraction.output_width,
+                    precision=precision_name(dtype), fused_attention=fused_attention, **run_settings(opts, device))
+    records = []
+    for index in range(opts.repeat):
+        extract_s, frames = run(extraction, opts.steps)
+        eval_s, _ = run(task, opts.steps)
+        record = dict(settings, run=index, img_per_s=round(frames / extract_s, 2),
+                      eval_img_per_s=round(frames / eval_s, 2), ratio_to_eval=round(eval_s / extract_s, 3))
+        records.append(record)
+        emit(record)
+    summarise(records)
+
+
+# Training frames of the ABAW4 MTL track (s-Aff-Wild2), for the epoch time of ``temporal``.
+ABAW4_TRAIN_FRAMES = 142_333
+
+
+def bench_temporal(opts) -> None:
+    """Training steps of the temporal model on random features, through the project's training loop."""
+    device = pick_device(opts.device)
+    extra = ["--precision", opts.precision, "--batch-size", str(opts.batch_size), "--window", str(opts.window),
+             "--temporal", opts.temporal, "--layers", str(opts.layers), "--width", str(opts.width),
+             "--heads", str(opts.heads), "--warmup-epochs", "0"]
+    opts.model = "temporal"
+    args = project_args(opts, extra)
+    seed_everything(0)
+    task = task_class(args.track)(args)
+    dtype = resolve_precision(args.precision, device)
+    autocast = make_autocast(device, dtype)
+    config = dict(name="temporal", in_dim=opts.in_dim, kind=args.temporal, width=args.width, layers=args.layers,
+                  heads=args.heads, dropout=args.dropout, positions=args.positions, window=args.window,
+                  kernel=args.tcn_kernel)
+    model = build_model(config).to(device)
+    optimisation = build_optimisation(task, model, args, device, dtype, world_size=1)
+    generator = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(args.batch_size, args.window, opts.in_dim, generator=generator),
+              torch.ones(args.batch_size, args.window), torch.ones(args.batch_size, args.window, dtype=torch.bool))
+    batch = (inputs, task.random_targets(args.batch_size, generator), torch.arange(args.batch_size), [])
+    loop = LoopConfig(accum_iter=1, clip_grad=args.clip_grad, log_interval=10**9, max_bad_fraction=1.0)
+    state = TrainState()
+
+    def run_steps(steps: int) -> float:
+        loader = RepeatedBatches(batch, steps, pin=device.type == "cuda")
+        synchronize(device)
+        start = time.perf_counter()
+        train_one_epoch(task, model, loader, task.input_transform(None), optimisation.optimizer, optimisation.scaler,
+                        optimisation.schedule, autocast, device, state, loop)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    if opts.warmup:
+        run_steps(opts.warmup)
+    windows_per_epoch = -(-ABAW4_TRAIN_FRAMES // args.stride)  # at least this many (and one more per video)
+    settings = dict(bench="temporal", temporal=args.temporal, in_dim=opts.in_dim, window=args.window,
+                    stride=args.stride, layers=args.layers, width=args.width, heads=args.heads,
+                    batch_size=args.batch_size, steps=opts.steps, precision=precision_name(dtype),
+                    **run_settings(opts, device))
+    records = []
+    for index in range(opts.repeat):
+        seconds = run_steps(opts.steps)
+        windows_per_s = opts.steps * args.batch_size / seconds
+        record = dict(settings, run=index, img_per_s=round(windows_per_s * args.window, 1),
+                      windows_per_s=round(windows_per_s, 2),
+                      abaw4_epoch_s=round(windows_per_epoch / windows_per_s, 1))
+        records.append(record)
+        emit(record)
+    summarise(records)
+
+
 def model_flags(parser: argparse.ArgumentParser, models: bool = True) -> None:
     if models:
         parser.add_argument("--model", choices=["cotex", "emma"], default="emma")
@@ -428,6 +537,27 @@ def build_cli() -> argparse.ArgumentParser:
     evaluate.add_argument("--frame-size", type=int, default=112,
                         help="side of the random uint8 frames, resized on the device (default: %(default)s, as "
                              "s-Aff-Wild2's cropped-aligned frames)")
+
+    extract = commands.add_parser("extract", help="per-frame feature extraction of the temporal stage")
+    model_flags(extract)
+    common_flags(extract, warmup=1)
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--steps", type=int, default=3, help="measured batches (default: %(default)s)")
+    extract.add_argument("--frame-size", type=int, default=112, help="side of the random uint8 frames")
+
+    temporal = commands.add_parser("temporal", help="training steps of the temporal model on random features "
+                                                    "(img_per_s counts frames)")
+    common_flags(temporal, warmup=2)
+    temporal.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    temporal.add_argument("--temporal", choices=["transformer", "tcn"], default="transformer")
+    temporal.add_argument("--in-dim", type=int, default=798,
+                          help="feature width (default: %(default)s, EMMA ViT-B's vit + heads + dan)")
+    temporal.add_argument("--window", type=int, default=100)
+    temporal.add_argument("--layers", type=int, default=4)
+    temporal.add_argument("--width", type=int, default=128)
+    temporal.add_argument("--heads", type=int, default=4)
+    temporal.add_argument("--batch-size", type=int, default=32)
+    temporal.add_argument("--steps", type=int, default=10, help="measured optimizer steps (default: %(default)s)")
     return parser
 
 
@@ -437,7 +567,8 @@ def main(argv=None) -> None:
         keep_freed_memory()  # as the entry points do
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    {"train": bench_train, "pretrain": bench_train, "data": bench_data, "eval": bench_eval}[opts.command](opts)
+    {"train": bench_train, "pretrain": bench_train, "data": bench_data, "eval": bench_eval, "extract": bench_extract,
+     "temporal": bench_temporal}[opts.command](opts)
 
 
 if __name__ == "__main__":

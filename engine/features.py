@@ -130,7 +130,14 @@ def _cached_key(index_path: str) -> str | None:
         return None
 
 
-def _extract(backbone, split, images, dataset, array_path, index_path, key, args, device) -> None:
+def _extract(*args) -> None:
+    # Building the model draws an initialisation and a loader draws its base seed from the global generator: keep
+    # the run's random state as it was, so that a run does not depend on whether its features were cached.
+    with torch.random.fork_rng(devices=[]):
+        _extract_split(*args)
+
+
+def _extract_split(backbone, split, images, dataset, array_path, index_path, key, args, device) -> None:
     from datasets.images import collate_uint8
     from datasets.transforms import BatchTransform
     from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision

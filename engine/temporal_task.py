@@ -31,7 +31,6 @@ from utils.monitor import log
 # Flags of the shared parser that describe an image model: the backbone's checkpoint decides those.
 IMAGE_MODEL_FLAGS = ("mae_ckpt", "vit", "img_size", "patch_size", "patch_embed", "global_pool", "drop_path",
                      "layer_decay")
-DEMO_BACKBONE = os.path.join("runs", "demo_mtl", "checkpoints", "best_mtl.pth")
 
 
 class TemporalTask(MTLTask):
@@ -42,7 +41,7 @@ class TemporalTask(MTLTask):
     # The second stage of the ABAW5-7 winners (Netease Fuxi: 4 layers, 4 heads, width 128, 100-frame windows).
     defaults = dict(output_dir="runs/temporal", epochs=20, warmup_epochs=1, batch_size=32, accum_iter=1, blr=5e-4,
                     min_lr=1e-6, layer_decay=1.0, weight_decay=0.05, drop_path=0.0, clip_grad=1.0)
-    demo_run = dict(output_dir="runs/demo_temporal", backbone_ckpt=DEMO_BACKBONE, window=32, width=64, layers=2,
+    demo_run = dict(output_dir="runs/demo_temporal", window=32, width=64, layers=2,
                     heads=4, epochs=12, warmup_epochs=1, batch_size=16, blr=1e-3, au_pos_weight="data",
                     tune_au_thresholds=True, log_interval=20)
     demo_data = dict(MTLTask.demo_data, root="mtl")  # the MTL demo's data set
@@ -95,7 +94,11 @@ class TemporalTask(MTLTask):
 
     @staticmethod
     def derived_defaults(args) -> dict:
-        return {"stride": max(1, args.window // 2)}
+        derived = {"stride": max(1, args.window // 2)}
+        if args.demo:  # the MTL demo's checkpoint, next to this demo's folder (runs/demo_mtl by default)
+            derived["backbone_ckpt"] = os.path.join(os.path.dirname(os.path.normpath(args.output_dir)), "demo_mtl",
+                                                    "checkpoints", "best_mtl.pth")
+        return derived
 
     @staticmethod
     def check_flags(args, error) -> None:

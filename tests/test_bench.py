@@ -56,6 +56,24 @@ def test_pretrain_reports_mae_steps_with_their_flops(bench, capsys):
     assert records[0]["train_gflop_per_img"] > 0 and records[0]["step_s"] > 0
 
 
+def test_extract_reports_feature_extraction_beside_inference(bench, capsys):
+    bench.main(["extract", *TINY_MODEL, "--frame-size", "16", "--batch-size", "3", "--steps", "1", "--warmup", "0"])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 1, bench="extract", model="emma", parts=["vit", "heads", "dan"])
+    assert records[-1]["feature_dim"] == 128 + 22 + 8 and records[-1]["ratio_to_eval"] > 0
+
+
+def test_temporal_reports_windows_and_the_epoch_time_at_abaw4_size(bench, capsys):
+    bench.main(["temporal", "--device", "cpu", "--precision", "fp32", "--in-dim", "8", "--window", "6",
+                "--width", "8", "--heads", "2", "--layers", "1", "--batch-size", "2", "--steps", "1", "--warmup",
+                "0", "--default-malloc"])
+    records = json_lines(capsys.readouterr().out)
+    check_measurements(records, 1, bench="temporal", window=6, stride=3)
+    final = records[-1]
+    assert final["img_per_s"] == pytest.approx(final["windows_per_s"] * 6, rel=1e-2)
+    assert final["abaw4_epoch_s"] == pytest.approx(-(-142_333 // 3) / final["windows_per_s"], rel=1e-2)
+
+
 def test_data_counts_normalised_batches_of_the_training_loader(bench, capsys, mtl_data):
     bench.main(["data", "--data-dir", str(mtl_data), "--batch-size", "4", "--workers", "0", "--batches", "2",
                 "--warmup", "1", "--img-size", "32", "--device", "cpu", "--default-malloc"])

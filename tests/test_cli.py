@@ -83,7 +83,7 @@ def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, supported
 
 
 LAUNCHERS = ["train_EMMA.sh", "train_masked_CoTEX.sh", "eval_EMMA.sh", "eval_masked_CoTEX.sh", "slurm_EMMA.sbatch",
-             "pretrain_MAE.sh"]
+             "pretrain_MAE.sh", "train_temporal.sh"]
 DASH = shutil.which("dash")
 
 
@@ -100,6 +100,7 @@ def test_every_launcher_is_posix_sh(script):
     ("train_masked_CoTEX.sh", "main_lsd.py", "1"), ("train_masked_CoTEX.sh", "main_lsd.py", "2"),
     ("eval_EMMA.sh", "main_mtl.py", "1"), ("eval_masked_CoTEX.sh", "main_lsd.py", "1"),
     ("pretrain_MAE.sh", "main_pretrain.py", "1"), ("pretrain_MAE.sh", "main_pretrain.py", "8"),
+    ("train_temporal.sh", "main_temporal.py", "1"), ("train_temporal.sh", "main_temporal.py", "2"),
 ])
 def test_launchers_under_dash_reach_their_entry_point_with_flags_it_accepts(tmp_path, script, entry, ngpus):
     """python and torchrun are stand-ins that record their arguments; the recorded flags must parse."""
@@ -110,7 +111,8 @@ def test_launchers_under_dash_reach_their_entry_point_with_flags_it_accepts(tmp_
         stub.chmod(0o755)
     data_dir = f"{ROOT} {ROOT}/tests" if "pretrain" in script else ROOT
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", NGPUS=ngpus, DATA_DIR=data_dir,
-               MAE_CKPT="a.pth b.pth" if "CoTEX" in script else "a.pth", CKPT=os.path.join(ROOT, "README.md"))
+               MAE_CKPT="a.pth b.pth" if "CoTEX" in script else "a.pth", CKPT=os.path.join(ROOT, "README.md"),
+               BACKBONE_CKPT=os.path.join(ROOT, "README.md"))
     extra = ["--warmup-epochs", "1"] if "pretrain" in script else []  # the recipe warms up for 40 epochs
     result = subprocess.run([DASH, os.path.join("shs", script), "--epochs", "8", *extra], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
@@ -121,12 +123,14 @@ def test_launchers_under_dash_reach_their_entry_point_with_flags_it_accepts(tmp_
         assert argv[:2] == ["--nproc_per_node", ngpus]
         argv = argv[2:]
     assert argv[0] == entry
-    args = parse_args({"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain"}[entry], "",
-                      argv[1:])
+    args = parse_args({"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain",
+                       "main_temporal.py": "temporal"}[entry], "", argv[1:])
     if "pretrain" in script:  # several folders, and the effective batch of MAE's recipe
         assert args.data_dir == [ROOT, f"{ROOT}/tests"] and args.mask_ratio == 0.75 and args.norm_pix_loss
         assert args.batch_size * args.accum_iter * int(ngpus) == 4096 and args.epochs == 8
         return
+    if "temporal" in script:
+        assert (args.window, args.stride, args.layers, args.width, args.epochs) == (100, 50, 4, 128, 8)
     assert args.data_dir == ROOT
     if "train" in script:
         assert args.epochs == 8 and args.vit == "base"  # the user's --epochs comes last and wins over the recipe's
