@@ -2,7 +2,7 @@
 (in-process where possible; the one- against two-process comparison in subprocesses)."""
 
 import json
-import os
+
 import numpy as np
 import pytest
 import torch
