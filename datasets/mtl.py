@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,6 +217,15 @@ def video_and_frame(images) -> tuple[np.ndarray, np.ndarray]:
     videos = np.array([image.rpartition("/")[0] for image in images], dtype=object)
     frames = np.array([_frame_number(image.rpartition("/")[2]) for image in images], dtype=np.int64)
     return videos, frames
+
+
+def video_folds(images, folds: int) -> np.ndarray:
+    """The fold (0 .. folds-1) of each frame's video: a CRC-32 of the video name, so a video's frames share a fold and
+    the assignment does not change when videos are added."""
+    videos, _ = video_and_frame(images)
+    names, codes = np.unique(videos.astype(str), return_inverse=True)
+    per_video = np.array([zlib.crc32(name.encode()) % folds for name in names], dtype=np.int64)
+    return per_video[codes] if len(names) else np.zeros(0, np.int64)
 
 
 class MTLDataset(Dataset):

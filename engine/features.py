@@ -77,6 +77,65 @@ class Backbone:
         return {"backbone": self.path, "key": self.key, "parts": list(self.parts), "precision": self.precision}
 
 
+class FoldBackbones:
+    """K backbones, backbone k trained without fold k of the training videos (``main_mtl.py --folds K --fold k``):
+    a training frame's features come from the backbone that never saw its video, a validation or test frame's are the
+    mean of all K. Only output parts (``heads``, ``dan``) combine this way: the ViT features of separately trained
+    models do not share a space."""
+
+    def __init__(self, paths: list[str], parts: str, precision_name: str):
+        members = [Backbone(path, "auto", precision_name) for path in paths]
+        offered = [part for part in members[0].parts if part != "vit"]
+        if parts == "auto":
+            parts = ",".join(offered)
+        if "vit" in parts.split(",") or not offered:
+            raise UserError(f"--folds {len(paths)}: only the backbones' outputs combine across folds (--features "
+                            f"{','.join(offered) or 'heads'}); the ViT features of separately trained models do not "
+                            f"share a space")
+        members = [Backbone(path, parts, precision_name) for path in paths]
+        folds = {}
+        for member in members:
+            saved = member.checkpoint.get("args") or {}
+            if saved.get("folds") != len(paths) or saved.get("fold") is None:
+                raise UserError(f"--folds {len(paths)}: {member.path} was not trained with --folds {len(paths)} "
+                                f"--fold k (its flags: --folds {saved.get('folds', 1)} --fold {saved.get('fold')})")
+            if saved["fold"] in folds:
+                raise UserError(f"--folds: {folds[saved['fold']].path} and {member.path} both leave out fold "
+                                f"{saved['fold']}")
+            folds[saved["fold"]] = member
+        self.members = [folds[k] for k in range(len(paths))]
+        self.parts, self.precision, self.checkpoint = self.members[0].parts, precision_name, {}
+        self.path = ", ".join(member.path for member in self.members)
+        self.key = hashlib.sha256(json.dumps([FORMAT, "folds", [m.key for m in self.members]]).encode()).hexdigest()
+
+    def describe(self) -> dict:
+        return {"backbone": [member.path for member in self.members], "key": self.key, "parts": list(self.parts),
+                "precision": self.precision, "folds": len(self.members)}
+
+
+def fold_split_features(backbones: FoldBackbones, split: str, images, dataset, feature_dir: str, args,
+                        device) -> SplitFeatures:
+    """A split's features from fold backbones: each member's cached or extracted features, combined (out-of-fold rows
+    for training, the members' mean otherwise)."""
+    from datasets.mtl import video_folds
+
+    per_member = [split_features(member, split, images, dataset, feature_dir, args, device)
+                  for member in backbones.members]
+    if split == "train":
+        fold = video_folds(images, len(per_member))
+        array = np.empty(per_member[0].array.shape, np.float32)
+        available = np.zeros(len(images), bool)
+        for k, features in enumerate(per_member):
+            rows = fold == k
+            array[rows] = features.array[rows]
+            available[rows] = features.available[rows]
+    else:
+        array = np.mean([np.asarray(features.array, np.float64) for features in per_member], axis=0)
+        array = array.astype(np.float32)
+        available = np.logical_and.reduce([features.available for features in per_member])
+    return SplitFeatures(array, available, per_member[0].columns)
+
+
 def _offered_parts(config: dict) -> list[str]:
     if config.get("name") == "emma":
         return ["vit", "heads"] + ([] if config.get("dan") == "none" else ["dan"])

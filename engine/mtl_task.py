@@ -19,7 +19,7 @@ from datasets import mtl
 from datasets.images import ImageListDataset
 from datasets.transforms import mtl_train_augment
 from engine import plots, submission
-from engine.cli import non_negative_float, smoothing_window
+from engine.cli import non_negative_float, non_negative_int, positive_int, smoothing_window
 from engine.task import (
     MODEL_FLAGS,
     ImageTask,
@@ -75,6 +75,13 @@ class MTLTask(ImageTask):
         groups["optim"].add_argument(
             "--va-lr", "--va_lr", type=non_negative_float, default=1e-4,
             help="constant learning rate of the VA head, as the reference's separate Adam (default: %(default)s)")
+        groups["data"].add_argument(
+            "--folds", type=positive_int, default=1, metavar="K",
+            help="with --fold: split the training videos into K folds (by a hash of the video name) and train on all "
+                 "but one, for out-of-fold features of the temporal stage (default: %(default)s, all videos)")
+        groups["data"].add_argument(
+            "--fold", type=non_negative_int, default=None, metavar="k",
+            help="the fold (0 .. K-1) left out of training with --folds K")
         add_mtl_output_flags(groups)
 
     @staticmethod
@@ -83,6 +90,8 @@ class MTLTask(ImageTask):
 
     @staticmethod
     def check_flags(args, error) -> None:
+        if (args.folds > 1) != (args.fold is not None) or (args.fold is not None and args.fold >= args.folds):
+            error(f"--folds {args.folds} needs --fold k with 0 <= k < {args.folds} (and --fold needs --folds > 1)")
         check_mtl_output_flags(args, error)
 
     # ---- data
@@ -91,7 +100,18 @@ class MTLTask(ImageTask):
 
     @cached_property
     def train_annotations(self) -> mtl.Annotations:
-        return mtl.load_split(self.args.data_dir, mtl.TRAIN_FILE, log=log)
+        annotations = mtl.load_split(self.args.data_dir, mtl.TRAIN_FILE, log=log)
+        folds, fold = getattr(self.args, "folds", 1), getattr(self.args, "fold", None)
+        if fold is None:
+            return annotations
+        kept = annotations.subset(mtl.video_folds(annotations.images, folds) != fold)
+        videos = len(set(mtl.video_and_frame(annotations.images)[0]))
+        kept_videos = len(set(mtl.video_and_frame(kept.images)[0]))
+        if kept_videos in (0, videos):
+            raise UserError(f"--folds {folds} --fold {fold}: fold {fold} holds {videos - kept_videos} of the {videos} "
+                            f"training videos; use fewer folds")
+        log(f"fold {fold} of {folds} left out: training on {kept_videos} of {videos} videos ({len(kept)} frames)")
+        return kept
 
     @cached_property
     def val_annotations(self) -> mtl.Annotations:

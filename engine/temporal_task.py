@@ -33,6 +33,13 @@ IMAGE_MODEL_FLAGS = ("mae_ckpt", "vit", "img_size", "patch_size", "patch_embed",
                      "layer_decay")
 
 
+def demo_backbones(args) -> list[str]:
+    """The folders of the MTL demo runs the temporal demo reads: one, or one per left-out fold."""
+    if args.folds == 1:
+        return ["demo_mtl"]
+    return [f"demo_mtl_fold{fold}of{args.folds}" for fold in range(args.folds)]
+
+
 class TemporalTask(MTLTask):
     """A transformer or TCN over windows of per-frame features, trained with EMMA's masked MTL losses."""
 
@@ -62,10 +69,15 @@ class TemporalTask(MTLTask):
     @staticmethod
     def add_flags(groups) -> None:
         data = groups["data"]
-        data.add_argument("--backbone-ckpt", metavar="PATH",
+        data.add_argument("--backbone-ckpt", metavar="PATH", nargs="+",
                           help="the frozen backbone whose per-frame features the temporal model reads: a checkpoint "
                                "of main_mtl.py (EMMA), main_lsd.py (CoTEX) or main_pretrain.py (MAE, which saw no "
-                               "labels); --eval takes the one the temporal checkpoint was trained on")
+                               "labels); with --folds K, K EMMA checkpoints of main_mtl.py --folds K --fold k; "
+                               "--eval takes the ones the temporal checkpoint was trained on")
+        data.add_argument("--folds", type=positive_int, default=1, metavar="K",
+                          help="out-of-fold features: each training frame's from the backbone that did not train on "
+                               "its video, validation and test frames' the mean of the K backbones' outputs "
+                               "(default: %(default)s, one backbone)")
         data.add_argument("--features", default="auto", metavar="{auto,PARTS}",
                           help="comma list of feature parts: vit (pooled ViT feature), heads (EMMA's output row), dan "
                                "(EMMA's DAN scores); auto: all the backbone offers (default: %(default)s)")
@@ -88,6 +100,9 @@ class TemporalTask(MTLTask):
         model.add_argument("--dropout", type=ratio, default=0.1, help="dropout (default: %(default)s)")
         model.add_argument("--positions", choices=["sinusoidal", "learned"], default="sinusoidal",
                            help="position embedding of the transformer (default: %(default)s)")
+        model.add_argument("--residual", action="store_true",
+                           help="with EMMA features that include its output row (heads): predict a correction of the "
+                                "backbone's own outputs, starting from them exactly")
         model.add_argument("--tcn-kernel", type=positive_int, default=5, metavar="K",
                            help="TCN kernel size, odd (default: %(default)s)")
         add_mtl_output_flags(groups)
@@ -95,9 +110,9 @@ class TemporalTask(MTLTask):
     @staticmethod
     def derived_defaults(args) -> dict:
         derived = {"stride": max(1, args.window // 2)}
-        if args.demo:  # the MTL demo's checkpoint, next to this demo's folder (runs/demo_mtl by default)
-            derived["backbone_ckpt"] = os.path.join(os.path.dirname(os.path.normpath(args.output_dir)), "demo_mtl",
-                                                    "checkpoints", "best_mtl.pth")
+        if args.demo:  # the MTL demo's checkpoint(s), next to this demo's folder (runs/demo_mtl by default)
+            derived["backbone_ckpt"] = [os.path.join(os.path.dirname(os.path.normpath(args.output_dir)), name,
+                                                     "checkpoints", "best_mtl.pth") for name in demo_backbones(args)]
         return derived
 
     @staticmethod
@@ -110,8 +125,12 @@ class TemporalTask(MTLTask):
                   f"--window, --stride, --layers, --heads, --width, --dropout, --positions, --tcn-kernel")
         if not args.backbone_ckpt and not args.eval:
             error("--backbone-ckpt is required: the checkpoint whose per-frame features the temporal model reads")
-        if args.backbone_ckpt and not os.path.isfile(args.backbone_ckpt) and not args.demo:
-            error(f"--backbone-ckpt {args.backbone_ckpt}: no such file")
+        for path in args.backbone_ckpt or []:
+            if not os.path.isfile(path) and not args.demo:
+                error(f"--backbone-ckpt {path}: no such file")
+        if args.backbone_ckpt and len(args.backbone_ckpt) != args.folds:
+            error(f"--folds {args.folds} needs {args.folds} --backbone-ckpt files (one per left-out fold), got "
+                  f"{len(args.backbone_ckpt)}")
         if args.stride and args.stride > args.window:
             error(f"--stride {args.stride} exceeds --window {args.window}: frames between windows would never be "
                   f"predicted")
@@ -119,17 +138,21 @@ class TemporalTask(MTLTask):
 
     @staticmethod
     def prepare_demo(args) -> None:
-        """Train the MTL demo first when its checkpoint (the demo's backbone) is absent."""
-        if os.path.isfile(args.backbone_ckpt) or "backbone_ckpt" in args.typed:
+        """Train the MTL demo first (one per fold with --folds) where its checkpoint, the demo's backbone, is absent."""
+        if "backbone_ckpt" in args.typed:
             return
         from engine.cli import parse_args
         from engine.runner import train
 
-        output_dir = os.path.dirname(os.path.dirname(args.backbone_ckpt))
-        argv = ["--demo", "--output-dir", output_dir, "--seed", str(args.seed), "--device", args.device,
-                "--precision", args.precision] + (["--data-dir", args.data_dir] if "data_dir" in args.typed else [])
-        log(f"no backbone at {args.backbone_ckpt}: training the MTL demo first (main_mtl.py {' '.join(argv)})")
-        train(parse_args("mtl", "", argv))
+        for fold, path in enumerate(args.backbone_ckpt):
+            if os.path.isfile(path):
+                continue
+            argv = ["--demo", "--output-dir", os.path.dirname(os.path.dirname(path)), "--seed", str(args.seed),
+                    "--device", args.device, "--precision", args.precision]
+            argv += ["--data-dir", args.data_dir] if "data_dir" in args.typed else []
+            argv += ["--folds", str(args.folds), "--fold", str(fold)] if args.folds > 1 else []
+            log(f"no backbone at {path}: training the MTL demo first (main_mtl.py {' '.join(argv)})")
+            train(parse_args("mtl", "", argv))
 
     # ---- features
     @cached_property
@@ -142,15 +165,17 @@ class TemporalTask(MTLTask):
 
         dtype = resolve_precision(self.args.precision, self.device)
         name = "fp32" if dtype is None else str(dtype).replace("torch.", "")
-        return feature_store.Backbone(self.backbone_path, self.parts, name)
+        if len(self.backbone_path) > 1:
+            return feature_store.FoldBackbones(self.backbone_path, self.parts, name)
+        return feature_store.Backbone(self.backbone_path[0], self.parts, name)
 
     def feature_dir(self) -> str:
         return self.args.feature_dir or os.path.join(self.args.output_dir, "features")
 
     def split_features(self, split: str, dataset) -> feature_store.SplitFeatures:
         """A split's features over ``dataset``'s images (for the test list, stand-ins included)."""
-        return feature_store.split_features(self.backbone, split, list(dataset.images), dataset, self.feature_dir(),
-                                            self.args, self.device)
+        read = feature_store.fold_split_features if hasattr(self.backbone, "members") else feature_store.split_features
+        return read(self.backbone, split, list(dataset.images), dataset, self.feature_dir(), self.args, self.device)
 
     @cached_property
     def train_features(self) -> feature_store.SplitFeatures:
@@ -210,7 +235,9 @@ class TemporalTask(MTLTask):
         a = self.args
         return dict(name="temporal", in_dim=int(self.train_features.array.shape[1]), kind=a.temporal, width=a.width,
                     layers=a.layers, heads=a.heads, dropout=a.dropout, positions=a.positions, window=self.window,
-                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH, features=self.backbone.describe())
+                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH, features=self.backbone.describe(),
+                    residual=list(self.train_features.columns["heads"]) if a.residual and "heads" in
+                    self.train_features.columns else None)
 
     def check_model_flags(self, config: dict, path: str) -> None:
         super().check_model_flags(config, path)
@@ -236,10 +263,12 @@ class TemporalTask(MTLTask):
         trained_on = config.get("features", {})
         typed = set(self.args.typed)
         if "backbone_ckpt" not in typed:
-            self.backbone_path = trained_on.get("backbone")
-            if not self.backbone_path or not os.path.isfile(self.backbone_path):
-                raise UserError(f"{path} was trained on the features of {self.backbone_path}, which is not there; "
-                                f"pass --backbone-ckpt")
+            recorded = trained_on.get("backbone") or []
+            self.backbone_path = [recorded] if isinstance(recorded, str) else list(recorded)
+            absent = [name for name in self.backbone_path if not os.path.isfile(name)]
+            if absent or not self.backbone_path:
+                raise UserError(f"{path} was trained on the features of {', '.join(absent) or 'an unnamed backbone'}, "
+                                f"which is not there; pass --backbone-ckpt")
         if "features" not in typed:
             self.parts = ",".join(trained_on.get("parts", [])) or "auto"
         if "window" not in typed:
