@@ -100,9 +100,6 @@ class TemporalTask(MTLTask):
         model.add_argument("--dropout", type=ratio, default=0.1, help="dropout (default: %(default)s)")
         model.add_argument("--positions", choices=["sinusoidal", "learned"], default="sinusoidal",
                            help="position embedding of the transformer (default: %(default)s)")
-        model.add_argument("--residual", action="store_true",
-                           help="with EMMA features that include its output row (heads): predict a correction of the "
-                                "backbone's own outputs, starting from them exactly")
         model.add_argument("--tcn-kernel", type=positive_int, default=5, metavar="K",
                            help="TCN kernel size, odd (default: %(default)s)")
         add_mtl_output_flags(groups)
@@ -235,9 +232,7 @@ class TemporalTask(MTLTask):
         a = self.args
         return dict(name="temporal", in_dim=int(self.train_features.array.shape[1]), kind=a.temporal, width=a.width,
                     layers=a.layers, heads=a.heads, dropout=a.dropout, positions=a.positions, window=self.window,
-                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH, features=self.backbone.describe(),
-                    residual=list(self.train_features.columns["heads"]) if a.residual and "heads" in
-                    self.train_features.columns else None)
+                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH, features=self.backbone.describe())
 
     def check_model_flags(self, config: dict, path: str) -> None:
         super().check_model_flags(config, path)

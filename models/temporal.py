@@ -42,7 +42,7 @@ class TemporalModel(nn.Module):
 
     def __init__(self, in_dim: int, kind: str = 'transformer', width: int = 128, layers: int = 4, heads: int = 4,
                  dropout: float = 0.1, positions: str = 'sinusoidal', window: int = 100, kernel: int = 5,
-                 out_width: int = OUTPUT_WIDTH, residual: list | None = None, features: dict | None = None):
+                 out_width: int = OUTPUT_WIDTH, features: dict | None = None):
         super().__init__()
         if kind not in KINDS:
             raise UserError(f'unknown temporal model {kind!r}; choose one of {", ".join(KINDS)}')
@@ -52,11 +52,7 @@ class TemporalModel(nn.Module):
             raise UserError(f'--width {width} must be a multiple of --heads {heads}')
         self.config = dict(name='temporal', in_dim=in_dim, kind=kind, width=width, layers=layers, heads=heads,
                            dropout=dropout, positions=positions, window=window, kernel=kernel, out_width=out_width,
-                           residual=list(residual) if residual else None, features=dict(features or {}))
-        # ``residual`` (first, end): input columns holding the backbone's own output row, which the model refines
-        self.residual = tuple(residual) if residual else None
-        if self.residual and self.residual[1] - self.residual[0] != out_width:
-            raise UserError(f'residual columns {residual} do not hold an output row of {out_width}')
+                           features=dict(features or {}))
         self.kind, self.window = kind, window
         self.input_norm = nn.LayerNorm(in_dim)
         self.embed = nn.Linear(in_dim + 1, width)  # the features and log(1 + gap)
@@ -79,9 +75,6 @@ class TemporalModel(nn.Module):
                 for i in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, out_width)
-        if self.residual:  # start from the backbone's outputs exactly
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
 
     @classmethod
     def from_config(cls, config: dict) -> TemporalModel:
@@ -109,7 +102,4 @@ class TemporalModel(nn.Module):
             for block in self.blocks:
                 x = (x + block(x)) * mask
             x = x.transpose(1, 2)
-        out = self.head(self.norm(x))
-        if self.residual:
-            out = out + features[..., self.residual[0]:self.residual[1]] * keep
-        return out
+        return self.head(self.norm(x))
