@@ -47,7 +47,8 @@ def run_settings(stage) -> dict:
     root = data_root(stage)
     if "folder" in stage.demo_data:  # the generated set's image folder, for a stage that reads bare folders
         root = os.path.join(root, stage.demo_data["folder"])
-    return {**DEMO_COMMON, **stage.demo_run, **(SMALL_RUN if small() else {}),
+    small_run = {**SMALL_RUN, **getattr(stage, "demo_small_run", {})} if small() else {}
+    return {**DEMO_COMMON, **stage.demo_run, **small_run,
             "data_dir": [root] if getattr(stage, "many_data_dirs", False) else root}
 
 

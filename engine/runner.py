@@ -151,7 +151,7 @@ def train(args):
     val_loader = None if val_set is None else eval_loader(
         val_set, args.eval_batch_size or 2 * args.batch_size, args.num_workers, device, task.eval_collate)
     if len(train_loader) == 0 and state.batch_in_epoch == 0:
-        raise UserError(f"the training set ({len(train_set)} frames) is smaller than one batch of "
+        raise UserError(f"the training set ({len(train_set)} samples) is smaller than one batch of "
                         f"{args.batch_size} x {dist.world_size()} processes; lower --batch-size")
 
     input_transform = task.input_transform(config.get("img_size"))

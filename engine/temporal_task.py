@@ -51,6 +51,7 @@ class TemporalTask(MTLTask):
     demo_run = dict(output_dir="runs/demo_temporal", window=32, width=64, layers=2,
                     heads=4, epochs=12, warmup_epochs=1, batch_size=16, blr=1e-3, au_pos_weight="data",
                     tune_au_thresholds=True, log_interval=20)
+    demo_small_run = dict(batch_size=2, window=8)  # ABAW_DEMO_SIZE=small: 4 training videos of 12 frames
     demo_data = dict(MTLTask.demo_data, root="mtl")  # the MTL demo's data set
     batch_size_help = "windows per process and batch (default: %(default)s)"
     selection = Selection({"mtl": "p_mtl", "va": "va", "expr": "f1_expr", "au": "f1_au"})

@@ -2,6 +2,7 @@
 epochs and steps appended and smaller generated data sets, so it takes seconds) or marked in the README as needing a
 GPU, the real data or a checkout of another repository."""
 
+import json
 import os
 import re
 import shlex
@@ -15,7 +16,8 @@ README = os.path.join(ROOT, "README.md")
 # Appended to training and evaluation commands: later flags win, so the documented command runs in seconds. Only what
 # leaves the contract between the commands alone is shrunk (epochs, steps, workers): model, input size, batch and
 # precision stay as documented, so that a training command and the evaluation of its checkpoint meet as a user's do.
-ENTRY_TRACKS = {"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain"}
+ENTRY_TRACKS = {"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain",
+                "main_temporal.py": "temporal"}
 SHORTER = ["--epochs", "1", "--warmup-epochs", "0", "--max-steps", "2", "--num-workers", "0", "--log-interval", "1"]
 
 
@@ -102,6 +104,8 @@ def test_readme_commands_run_in_order(tmp_path):
     assert (tmp_path / "runs" / "synth_emma_eval" / "test_predictions.txt").is_file()
     assert (tmp_path / "runs" / "demo_mtl" / "test_metrics.json").is_file()
     assert (tmp_path / "runs" / "demo_mtl_mae" / "test_metrics.json").is_file()  # fine-tuned from the MAE demo
+    temporal = json.loads((tmp_path / "runs" / "demo_temporal" / "test_metrics.json").read_text())
+    assert {"p_mtl", "frame_p_mtl", "frame_p_mtl_smoothed"} <= set(temporal)  # over the MTL demo's backbone
 
 
 @pytest.mark.parametrize("script, track", sorted(ENTRY_TRACKS.items()))

@@ -111,11 +111,11 @@ def test_a_temporal_model_learns_a_rule_of_the_previous_frame_that_a_frame_model
     assert temporal > 0.95 and frame_level < 0.65, (temporal, frame_level)
 
 
-def make_backbone(path, seed=0):
+def make_backbone(path, seed=0, args=None):
     torch.manual_seed(seed)
     model = build_model(dict(name="emma", vit_size="nano", img_size=32, patch_size=8, patch_embed="hybrid",
                              global_pool=True, dan="none"))
-    torch.save(checkpoint_content(model.state_dict(), model.config, {}, 1, 0), path)
+    torch.save(checkpoint_content(model.state_dict(), model.config, args or {}, 1, 0), path)
     return path
 
 
@@ -302,3 +302,50 @@ def test_gaps_reach_the_model_and_padding_stays_out_of_real_frames():
         far = gaps.clone()
         far[0, 2] = 7
         assert not torch.allclose(model(x, far, valid)[:, 2], out[:, 2])
+
+
+def test_fold_backbones_give_training_frames_out_of_fold_outputs_and_the_rest_their_mean(mtl_data, tmp_path,
+                                                                                         capsys):
+    from engine.features import Backbone
+
+    members = [make_backbone(tmp_path / f"fold{k}.pth", seed=k, args={"folds": 2, "fold": k}) for k in (1, 0)]
+    out = tmp_path / "run"
+    main("temporal", "", ["--data-dir", str(mtl_data), "--backbone-ckpt", *map(str, members), "--folds", "2",
+                          "--output-dir", str(out), "--epochs", "1", *FAST])
+    config = torch.load(out / "checkpoints" / "last.pth", weights_only=True)["model_config"]
+    assert config["features"]["folds"] == 2 and config["features"]["parts"] == ["heads"]
+    assert config["features"]["backbone"] == [str(members[1]), str(members[0])]  # in fold order
+    own = {k: Backbone(str(members[1 - k]), "heads", "fp32").key[:16] for k in (0, 1)}
+    cached = {(k, split): np.load(out / "features" / own[k] / f"{split}.npy") for k in (0, 1) for split in
+              ("train", "val")}
+    train_images = mtl.read_annotations(str(mtl_data / mtl.TRAIN_FILE)).images
+    fold = mtl.video_folds(train_images, 2)
+    # what the temporal model was trained on, rebuilt by the task from the same files
+    from engine.cli import parse_args
+    from engine.temporal_task import TemporalTask
+
+    task = TemporalTask(parse_args("temporal", "", ["--data-dir", str(mtl_data), "--backbone-ckpt",
+                                                    *map(str, members), "--folds", "2", "--output-dir", str(out),
+                                                    *FAST]))
+    train, val = task.train_features.array, task.val_features.array
+    for k in (0, 1):
+        np.testing.assert_array_equal(train[fold == k], cached[(k, "train")][fold == k])
+    np.testing.assert_allclose(val, (cached[(0, "val")] + cached[(1, "val")]) / 2, rtol=1e-6)
+    capsys.readouterr()
+    plain = make_backbone(tmp_path / "plain.pth")
+    with pytest.raises(SystemExit):
+        main("temporal", "", ["--data-dir", str(mtl_data), "--backbone-ckpt", str(members[0]), str(plain),
+                              "--folds", "2", "--output-dir", str(tmp_path / "bad"), *FAST])
+    assert "was not trained with --folds 2" in capsys.readouterr().err
+
+
+def test_main_mtl_fold_leaves_the_fold_out_of_training(mtl_data):
+    from engine.cli import parse_args
+    from engine.mtl_task import MTLTask
+
+    images = mtl.read_annotations(str(mtl_data / mtl.TRAIN_FILE)).images
+    fold = mtl.video_folds(images, 2)
+    assert set(fold) == {0, 1}  # the fixture's training videos fall in both folds
+    for k in (0, 1):
+        task = MTLTask(parse_args("mtl", "", ["--data-dir", str(mtl_data), "--folds", "2", "--fold", str(k)]))
+        assert list(task.train_annotations.images) == [image for image, f in zip(images, fold) if f != k]
