@@ -55,20 +55,38 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 class _Windows:
-    """What both window sets share: the features (memory-mapped), gaps, availability and the window table."""
+    """What both window sets share: the features (memory-mapped), gaps, availability and the window table.
 
-    def __init__(self, features: np.ndarray, images, window: int, stride: int, available: np.ndarray | None = None):
+    ``centre`` (first, end): feature columns from which each video's mean over its available frames is subtracted
+    (per-video normalisation: what stays constant over a video, such as the person's identity, drops out).
+    """
+
+    def __init__(self, features: np.ndarray, images, window: int, stride: int, available: np.ndarray | None = None,
+                 centre: tuple[int, int] | None = None):
         if len(features) != len(images):
             raise ValueError(f"{len(features)} feature rows for {len(images)} frames")
         self.features, self.window, self.stride = features, window, stride
         self.runs, self.gaps = video_runs(images)
         self.available = np.ones(len(images), bool) if available is None else np.asarray(available, bool)
+        self.centre, self.means = centre, None
+        if centre is not None:
+            first, end = centre
+            self.row_video = np.zeros(len(images), np.int64)
+            self.means = np.zeros((len(self.runs), end - first), np.float32)
+            for video, rows in enumerate(self.runs):
+                self.row_video[rows] = video
+                kept = rows[self.available[rows]]
+                if len(kept):
+                    self.means[video] = np.asarray(self.features[kept, first:end], np.float64).mean(axis=0)
 
     def gather(self, rows: np.ndarray):
         """(features (T, D), gaps (T,), valid (T,)) of a window's rows, -1 marking padding."""
         valid = rows >= 0
         safe = np.where(valid, rows, 0)
-        features = np.asarray(self.features[safe], dtype=np.float32)
+        features = np.array(self.features[safe], dtype=np.float32)
+        if self.means is not None:
+            first, end = self.centre
+            features[:, first:end] -= self.means[self.row_video[safe]]
         valid &= self.available[safe]
         features[~valid] = 0.0
         return torch.from_numpy(features), torch.from_numpy(self.gaps[safe] * valid), torch.from_numpy(valid)
@@ -83,8 +101,8 @@ class _Windows:
 class WindowSet(_Windows, Dataset):
     """Evaluation windows; item ``i`` is ``((features, gaps, valid), i)``."""
 
-    def __init__(self, features, images, window: int, stride: int, available=None):
-        super().__init__(features, images, window, stride, available)
+    def __init__(self, features, images, window: int, stride: int, available=None, centre=None):
+        super().__init__(features, images, window, stride, available, centre)
         self.table = np.array([self.window_rows(run, start) for run in self.runs
                                for start in window_starts(len(run), window, stride)], dtype=np.int64)
         self.table = self.table.reshape(-1, window)
@@ -126,8 +144,9 @@ class TrainWindows(_Windows, Dataset):
     """Training slots, one per evaluation window; the slot's window, shifted by its offset, is cut by
     :class:`WindowAugment` (``AugmentedDataset`` passes the slot and its drawn offset)."""
 
-    def __init__(self, features, images, targets: np.ndarray, window: int, stride: int, available=None):
-        super().__init__(features, images, window, stride, available)
+    def __init__(self, features, images, targets: np.ndarray, window: int, stride: int, available=None,
+                 centre=None):
+        super().__init__(features, images, window, stride, available, centre)
         self.targets = np.asarray(targets, np.float32)
         self.slots = np.array([(v, start) for v, run in enumerate(self.runs)
                                for start in window_starts(len(run), window, stride)], dtype=np.int64).reshape(-1, 2)

@@ -64,6 +64,7 @@ class TemporalTask(MTLTask):
         self.backbone_path = args.backbone_ckpt
         self.parts = args.features
         self.window, self.stride = args.window, args.stride
+        self.video_norm = args.video_norm
         self._windows = {}
 
     # ---- command line
@@ -82,6 +83,10 @@ class TemporalTask(MTLTask):
         data.add_argument("--features", default="auto", metavar="{auto,PARTS}",
                           help="comma list of feature parts: vit (pooled ViT feature), heads (EMMA's output row), dan "
                                "(EMMA's DAN scores); auto: all the backbone offers (default: %(default)s)")
+        data.add_argument("--video-norm", choices=["mean", "none"], default="mean",
+                          help="mean: subtract each video's mean ViT feature (over its listed frames) from its frames' "
+                               "ViT features, a per-person normalisation that removes what a video holds constant "
+                               "(identity, lighting); none: the features as extracted (default: %(default)s)")
         data.add_argument("--feature-dir", metavar="DIR",
                           help="where features are cached, by content key (default: <output-dir>/features)")
         data.add_argument("--extract-batch-size", type=positive_int, default=64, metavar="N",
@@ -189,13 +194,17 @@ class TemporalTask(MTLTask):
         dataset = super().test_split()
         return None if dataset is None else self.split_features("test", dataset)
 
+    def centre(self, features: feature_store.SplitFeatures):
+        """The columns that ``--video-norm mean`` centres per video (the ViT feature), or None."""
+        return features.columns.get("vit") if self.video_norm == "mean" else None
+
     # ---- data
     def train_split(self):
         annotations = self.train_annotations
         self.loss_fn  # noqa: B018 - built now, so that its message comes with the data's
         features = self.train_features
         windows = TrainWindows(features.array, annotations.images, annotations.targets, self.window, self.stride,
-                               features.available)
+                               features.available, self.centre(features))
         self._windows["train"] = windows
         log(f"training windows: {len(windows)} of {self.window} frames (stride {self.stride}) over "
             f"{len(windows.runs)} videos")
@@ -205,14 +214,14 @@ class TemporalTask(MTLTask):
         if "val" not in self._windows:
             features = self.val_features
             self._windows["val"] = WindowSet(features.array, self.val_annotations.images, self.window, self.stride,
-                                             features.available)
+                                             features.available, self.centre(features))
         return self._windows["val"]
 
     def test_split(self):
         if "test" not in self._windows:
             features = self.test_features
             self._windows["test"] = None if features is None else WindowSet(
-                features.array, self._test[0], self.window, self.stride, features.available)
+                features.array, self._test[0], self.window, self.stride, features.available, self.centre(features))
         return self._windows["test"]
 
     def train_augment(self, img_size):
@@ -233,7 +242,8 @@ class TemporalTask(MTLTask):
         a = self.args
         return dict(name="temporal", in_dim=int(self.train_features.array.shape[1]), kind=a.temporal, width=a.width,
                     layers=a.layers, heads=a.heads, dropout=a.dropout, positions=a.positions, window=self.window,
-                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH, features=self.backbone.describe())
+                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH,
+                    features=dict(self.backbone.describe(), video_norm=self.video_norm))
 
     def check_model_flags(self, config: dict, path: str) -> None:
         super().check_model_flags(config, path)
@@ -244,6 +254,9 @@ class TemporalTask(MTLTask):
                             f"{str(trained_on.get('key'))[:16]}), not those of {self.backbone.path} (parts "
                             f"{','.join(self.backbone.parts)}, {self.backbone.precision}, key "
                             f"{self.backbone.key[:16]}); name the same backbone, parts and precision")
+        if trained_on.get("video_norm", "none") != self.video_norm:
+            raise UserError(f"{path} was trained with --video-norm {trained_on.get('video_norm', 'none')}, not "
+                            f"{self.video_norm}; drop the flag")
 
     def load_pretrained(self, model) -> None:
         log(f"temporal {self.args.temporal} from random weights over the features of {self.backbone.path} "
@@ -267,6 +280,8 @@ class TemporalTask(MTLTask):
                                 f"which is not there; pass --backbone-ckpt")
         if "features" not in typed:
             self.parts = ",".join(trained_on.get("parts", [])) or "auto"
+        if "video_norm" not in typed:
+            self.video_norm = trained_on.get("video_norm", "none")
         if "window" not in typed:
             self.window = int(config["window"])
             if "stride" not in typed:

@@ -61,6 +61,22 @@ def test_eval_windows_cover_every_frame_and_assembly_is_the_average_of_its_windo
     assert window_starts(21, 8, 3)[-1] == 13 and window_starts(3, 8, 3) == [0]
 
 
+def test_video_norm_centres_the_chosen_columns_of_each_video():
+    images = images_of([5, 9])
+    features = np.random.default_rng(0).normal(3.0, 1.0, size=(len(images), 6)).astype(np.float32)
+    available = np.ones(len(images), bool)
+    available[2] = False  # a frame without a feature takes no part in its video's mean
+    windows = WindowSet(features, images, window=16, stride=8, available=available, centre=(0, 4))
+    for index, run in enumerate(windows.runs):
+        (feat, _, valid), _ = windows[index]
+        rows = windows.table[index]
+        kept = run[available[run]]
+        expected = features[rows[valid.numpy()]].copy()
+        expected[:, :4] -= features[kept, :4].mean(axis=0)
+        np.testing.assert_allclose(feat[valid].numpy(), expected, rtol=1e-5, atol=1e-5)
+        assert (feat[~valid] == 0).all()
+
+
 def test_training_offsets_are_drawn_per_window_and_epoch_from_the_seed():
     images = images_of([30, 12])
     features = np.arange(len(images), dtype=np.float32)[:, None].repeat(2, 1)
