@@ -48,7 +48,7 @@ class TemporalTask(MTLTask):
     # The second stage of the ABAW5-7 winners (Netease Fuxi: 4 layers, 4 heads, width 128, 100-frame windows).
     defaults = dict(output_dir="runs/temporal", epochs=20, warmup_epochs=1, batch_size=32, accum_iter=1, blr=5e-4,
                     min_lr=1e-6, layer_decay=1.0, weight_decay=0.05, drop_path=0.0, clip_grad=1.0)
-    demo_run = dict(output_dir="runs/demo_temporal", window=32, width=64, layers=2,
+    demo_run = dict(output_dir="runs/demo_temporal", window=32, layers=2,
                     heads=4, epochs=12, warmup_epochs=1, batch_size=16, blr=1e-3, au_pos_weight="data",
                     tune_au_thresholds=True, log_interval=20)
     demo_small_run = dict(batch_size=2, window=8)  # ABAW_DEMO_SIZE=small: 4 training videos of 12 frames
