@@ -203,18 +203,24 @@ def summarise(records: list[dict]) -> None:
               spread_pct=round(spread, 1)))
 
 
-def bench_train(opts) -> None:
+def prepare_run(opts, extra: list[str]) -> tuple:
+    """What a model measurement starts with: the device, the entry point's flags (``extra`` and ``--patch-size``),
+    the seeded task, and the precision with its autocast."""
     device = pick_device(opts.device)
-    # No warm-up: the lr of the middle of a run (the optimizer does the same arithmetic at any lr).
-    extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size),
-             "--precision", opts.precision, "--accum-iter", str(opts.accum_iter), "--warmup-epochs", "0"]
     if opts.patch_size:
-        extra += ["--patch-size", str(opts.patch_size)]
+        extra = [*extra, "--patch-size", str(opts.patch_size)]
     args = project_args(opts, extra)
     seed_everything(0)
     task = task_class(args.track)(args)
     dtype = resolve_precision(args.precision, device)
-    autocast = make_autocast(device, dtype)
+    return device, args, task, dtype, make_autocast(device, dtype)
+
+
+def bench_train(opts) -> None:
+    # No warm-up: the lr of the middle of a run (the optimizer does the same arithmetic at any lr).
+    extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size),
+             "--precision", opts.precision, "--accum-iter", str(opts.accum_iter), "--warmup-epochs", "0"]
+    device, args, task, dtype, autocast = prepare_run(opts, extra)
     model = build_model(task.model_config()).to(device)
     fused_attention = pick_attention(opts, model, device, dtype)
     optimisation = build_optimisation(task, model, args, device, dtype, world_size=1)
@@ -309,18 +315,21 @@ def bench_data(opts) -> None:
     summarise(records)
 
 
+def timed_predict(hooks, model, loader, transform, autocast, device) -> tuple[float, int]:
+    """Seconds of ``engine.evaluate.predict`` over the loader (``hooks``: a task, or feature extraction's), and the
+    rows it gave."""
+    synchronize(device)
+    start = time.perf_counter()
+    outputs, _ = predict(hooks, model, loader, transform, autocast, device)
+    synchronize(device)
+    return time.perf_counter() - start, outputs.shape[0]
+
+
 def bench_eval(opts) -> None:
-    device = pick_device(opts.device)
     extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--precision", opts.precision]
-    if opts.patch_size:
-        extra += ["--patch-size", str(opts.patch_size)]
     if opts.data_dir:
         extra += ["--data-dir", opts.data_dir]
-    args = project_args(opts, extra)
-    seed_everything(0)
-    task = task_class(args.track)(args)
-    dtype = resolve_precision(args.precision, device)
-    autocast = make_autocast(device, dtype)
+    device, args, task, dtype, autocast = prepare_run(opts, extra)
     model = task.load_for_eval(opts.ckpt) if opts.ckpt else build_model(task.model_config())
     model.to(device)
     fused_attention = pick_attention(opts, model, device, dtype)
@@ -336,12 +345,7 @@ def bench_eval(opts) -> None:
         return RepeatedBatches((images, indices, dropped), batches, pin=device.type == "cuda")
 
     def run(batches: int) -> tuple[float, int]:
-        loader = make_loader(batches)
-        synchronize(device)
-        start = time.perf_counter()
-        outputs, _ = predict(task, model, loader, transform, autocast, device)
-        synchronize(device)
-        return time.perf_counter() - start, outputs.shape[0]
+        return timed_predict(task, model, make_loader(batches), transform, autocast, device)
 
     if opts.warmup:
         run(opts.warmup)
@@ -363,15 +367,8 @@ def bench_extract(opts) -> None:
     """Feature extraction against plain inference of the same model on the same batches."""
     from engine.features import _Extraction, _offered_parts
 
-    device = pick_device(opts.device)
     extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--precision", opts.precision]
-    if opts.patch_size:
-        extra += ["--patch-size", str(opts.patch_size)]
-    args = project_args(opts, extra)
-    seed_everything(0)
-    task = task_class(args.track)(args)
-    dtype = resolve_precision(args.precision, device)
-    autocast = make_autocast(device, dtype)
+    device, args, task, dtype, autocast = prepare_run(opts, extra)
     model = build_model(task.model_config()).to(device).eval()
     fused_attention = pick_attention(opts, model, device, dtype)
     transform = task.input_transform(args.img_size)
@@ -384,11 +381,7 @@ def bench_extract(opts) -> None:
 
     def run(hooks, batches: int) -> tuple[float, int]:
         loader = RepeatedBatches((images, indices, dropped), batches, pin=device.type == "cuda")
-        synchronize(device)
-        start = time.perf_counter()
-        outputs, _ = predict(hooks, model, loader, transform, autocast, device)
-        synchronize(device)
-        return time.perf_counter() - start, outputs.shape[0]
+        return timed_predict(hooks, model, loader, transform, autocast, device)
 
     if opts.warmup:
         run(extraction, opts.warmup)
@@ -413,16 +406,10 @@ ABAW4_TRAIN_FRAMES = 142_333
 
 def bench_temporal(opts) -> None:
     """Training steps of the temporal model on random features, through the project's training loop."""
-    device = pick_device(opts.device)
     extra = ["--precision", opts.precision, "--batch-size", str(opts.batch_size), "--window", str(opts.window),
              "--temporal", opts.temporal, "--layers", str(opts.layers), "--width", str(opts.width),
              "--heads", str(opts.heads), "--warmup-epochs", "0"]
-    opts.model = "temporal"
-    args = project_args(opts, extra)
-    seed_everything(0)
-    task = task_class(args.track)(args)
-    dtype = resolve_precision(args.precision, device)
-    autocast = make_autocast(device, dtype)
+    device, args, task, dtype, autocast = prepare_run(opts, extra)
     config = dict(name="temporal", in_dim=opts.in_dim, kind=args.temporal, width=args.width, layers=args.layers,
                   heads=args.heads, dropout=args.dropout, positions=args.positions, window=args.window,
                   kernel=args.tcn_kernel)
@@ -558,6 +545,7 @@ def build_cli() -> argparse.ArgumentParser:
     temporal.add_argument("--heads", type=int, default=4)
     temporal.add_argument("--batch-size", type=int, default=32)
     temporal.add_argument("--steps", type=int, default=10, help="measured optimizer steps (default: %(default)s)")
+    temporal.set_defaults(model="temporal", patch_size=None)
     return parser
 
 
