@@ -365,17 +365,17 @@ def bench_eval(opts) -> None:
 
 def bench_extract(opts) -> None:
     """Feature extraction against plain inference of the same model on the same batches."""
-    from engine.features import _Extraction, _offered_parts
+    from engine.features import Extraction, offered_parts
 
     extra = ["--vit", opts.vit, "--img-size", str(opts.img_size), "--precision", opts.precision]
     device, args, task, dtype, autocast = prepare_run(opts, extra)
     model = build_model(task.model_config()).to(device).eval()
     fused_attention = pick_attention(opts, model, device, dtype)
     transform = task.input_transform(args.img_size)
-    parts = _offered_parts(model.config)
+    parts = offered_parts(model.config)
     with torch.inference_mode():
         probe = model.features(torch.zeros(1, 3, args.img_size, args.img_size, device=device))
-    extraction = _Extraction(parts, sum(probe[part].shape[1] for part in parts))
+    extraction = Extraction(parts, sum(probe[part].shape[1] for part in parts))
     images, _, indices, dropped = random_frames(task, opts.batch_size, opts.frame_size, 0,
                                                 torch.Generator().manual_seed(0))
 

@@ -56,14 +56,19 @@ class Backbone:
                             f"it with main_mtl.py, main_lsd.py or main_pretrain.py")
         self.path, self.config, self.checkpoint = path, checkpoint["model_config"], checkpoint
         self.sha256 = dist.broadcast_object(file_sha256(path) if dist.is_main() else None)
-        offered = _offered_parts(self.config)
-        self.parts = tuple(offered) if parts == "auto" else tuple(p for p in PART_ORDER if p in parts.split(","))
+        self.precision = precision_name
+        self.choose(parts)
+
+    def choose(self, parts: str) -> None:
+        """Extract ``parts`` (a comma list, or auto for all the backbone offers); sets the parts and the key."""
+        offered = offered_parts(self.config)
+        chosen = tuple(offered) if parts == "auto" else tuple(p for p in PART_ORDER if p in parts.split(","))
         unknown = sorted(set(parts.split(",")) - set(PART_ORDER)) if parts != "auto" else []
-        if unknown or not self.parts or not set(self.parts) <= set(offered):
+        if unknown or not chosen or not set(chosen) <= set(offered):
             raise UserError(f"--features {parts}: a {self.config.get('name')} backbone offers "
                             f"{', '.join(offered)} (comma list, or auto for all)")
-        self.precision = precision_name
-        self.key = hashlib.sha256(json.dumps([FORMAT, self.sha256, self.parts, precision_name]).encode()).hexdigest()
+        self.parts = chosen
+        self.key = hashlib.sha256(json.dumps([FORMAT, self.sha256, chosen, self.precision]).encode()).hexdigest()
 
     def model(self):
         from models import build_model
@@ -75,6 +80,9 @@ class Backbone:
 
     def describe(self) -> dict:
         return {"backbone": self.path, "key": self.key, "parts": list(self.parts), "precision": self.precision}
+
+    def split_features(self, split: str, images, dataset, feature_dir: str, args, device) -> SplitFeatures:
+        return split_features(self, split, images, dataset, feature_dir, args, device)
 
 
 class FoldBackbones:
@@ -92,7 +100,8 @@ class FoldBackbones:
             raise UserError(f"--folds {len(paths)}: only the backbones' outputs combine across folds (--features "
                             f"{','.join(offered) or 'heads'}); the ViT features of separately trained models do not "
                             f"share a space")
-        members = [Backbone(path, parts, precision_name) for path in paths]
+        for member in members:
+            member.choose(parts)
         folds = {}
         for member in members:
             saved = member.checkpoint.get("args") or {}
@@ -111,6 +120,9 @@ class FoldBackbones:
     def describe(self) -> dict:
         return {"backbone": [member.path for member in self.members], "key": self.key, "parts": list(self.parts),
                 "precision": self.precision, "folds": len(self.members)}
+
+    def split_features(self, split: str, images, dataset, feature_dir: str, args, device) -> SplitFeatures:
+        return fold_split_features(self, split, images, dataset, feature_dir, args, device)
 
 
 def fold_split_features(backbones: FoldBackbones, split: str, images, dataset, feature_dir: str, args,
@@ -136,13 +148,13 @@ def fold_split_features(backbones: FoldBackbones, split: str, images, dataset, f
     return SplitFeatures(array, available, per_member[0].columns)
 
 
-def _offered_parts(config: dict) -> list[str]:
+def offered_parts(config: dict) -> list[str]:
     if config.get("name") == "emma":
         return ["vit", "heads"] + ([] if config.get("dan") == "none" else ["dan"])
     return ["vit"]
 
 
-class _Extraction:
+class Extraction:
     """The prediction hooks of ``engine.evaluate.predict`` for feature extraction."""
 
     def __init__(self, parts, width: int):
@@ -213,7 +225,7 @@ def _extract_split(backbone, split, images, dataset, array_path, index_path, key
         width += probe[part].shape[1]
     loader = eval_loader(dataset, args.extract_batch_size, args.num_workers, device, collate_uint8)
     transform = BatchTransform(backbone.config["img_size"])
-    outputs, seen = predict(_Extraction(backbone.parts, width), model, loader, transform, make_autocast(device, dtype),
+    outputs, seen = predict(Extraction(backbone.parts, width), model, loader, transform, make_autocast(device, dtype),
                             device, desc=f"extract {split}", allow_missing=True)
     if dist.is_main():
         unavailable = np.flatnonzero(~seen)

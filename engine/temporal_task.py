@@ -177,8 +177,8 @@ class TemporalTask(MTLTask):
 
     def split_features(self, split: str, dataset) -> feature_store.SplitFeatures:
         """A split's features over ``dataset``'s images (for the test list, stand-ins included)."""
-        read = feature_store.fold_split_features if hasattr(self.backbone, "members") else feature_store.split_features
-        return read(self.backbone, split, list(dataset.images), dataset, self.feature_dir(), self.args, self.device)
+        return self.backbone.split_features(split, list(dataset.images), dataset, self.feature_dir(), self.args,
+                                            self.device)
 
     @cached_property
     def train_features(self) -> feature_store.SplitFeatures:
