@@ -19,6 +19,18 @@ Evaluate a checkpoint and write the submission file:
     python main_mtl.py --eval --ckpt runs/emma/checkpoints/best_mtl.pth --data-dir /data/ABAW4/MTL \
         --output-dir runs/emma_eval
 
+The single-task tracks of ABAW2-8 (per-video VA, EXPR and AU files), joined per frame into one EMMA, one
+submission file per task (test lists: sample files, or TASK=FILE for a list of video names):
+
+    python main_mtl.py --task va,expr,au --data-dir /data/Aff-Wild2 --mae-ckpt mae_face_pretrain.pth \
+        --dan-ckpt affecnet8_epoch5_acc0.6209.pth --output-dir runs/emma_tracks \
+        --test-list CVPR_6th_ABAW_VA_test_set_sample.txt CVPR_6th_ABAW_Expr_test_set_sample.txt \
+        au=Action_Unit_Detection_Challenge_test_set_release.txt
+
+An ensemble of checkpoints (the mean of their probabilities):
+
+    python main_mtl.py --eval --ckpt A.pth B.pth C.pth --data-dir /data/ABAW4/MTL --output-dir runs/ensemble
+
 Interrupted runs continue with the same command (``--resume auto`` is the default).
 """
 

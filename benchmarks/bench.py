@@ -12,6 +12,7 @@ Warm-up steps run first and are not measured.
     python benchmarks/bench.py eval --model emma --vit base --batch-size 64 [--ckpt FILE] [--data-dir DIR]
     python benchmarks/bench.py extract --model emma --vit base --batch-size 64
     python benchmarks/bench.py temporal --threads 1 --in-dim 798 --window 100 --batch-size 32
+    python benchmarks/bench.py tracks --lines 3000000 --videos 594
 
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
@@ -22,7 +23,8 @@ the input transform, counting the normalised float batches on the device; ``eval
 with the input transform, which resizes the frames; ``extract`` runs the same prediction with the temporal stage's
 feature extraction (``engine.features``: the model's ``features``) and reports its speed as a ratio to ``eval`` on
 the same batches; ``temporal`` calls the training loop with the temporal stage's task and model on random features
-(windows/s, and the time of an epoch over the ABAW4 MTL training frames at that speed).
+(windows/s, and the time of an epoch over the ABAW4 MTL training frames at that speed); ``tracks`` reads and joins
+a per-video VA track of the single-task layout with ``datasets.tracks`` (lines/s).
 
 Fast paths can be switched off to measure what they gain: ``--precision fp32`` (bf16 autocast is the default where
 the device computes it), ``--attention fused|plain`` (the entry points pick per device and precision),
@@ -38,6 +40,7 @@ import resource
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -450,6 +453,40 @@ def bench_temporal(opts) -> None:
     summarise(records)
 
 
+def bench_tracks(opts) -> None:
+    """Reading a per-video VA track (ABAW2-8 layout): ``--lines`` annotation lines over ``--videos`` files, written
+    once into ``--dir`` (random values, 5 % not annotated), then parsed, validated and joined per frame by
+    ``datasets.tracks.join_split`` (what training and validation read before matching the frames to images)."""
+    import tempfile
+
+    from datasets import tracks
+
+    root = opts.dir or os.path.join(tempfile.gettempdir(), f"abaw_va_track_{opts.lines}x{opts.videos}")
+    folder = os.path.join(root, "VA_Estimation_Challenge", "Train_Set")
+    if not os.path.isdir(folder) or len(os.listdir(folder)) != opts.videos:
+        os.makedirs(folder, exist_ok=True)
+        rng = np.random.default_rng(0)
+        sizes = np.diff(np.linspace(0, opts.lines, opts.videos + 1).astype(int))
+        for index, size in enumerate(sizes):
+            values = rng.uniform(-1, 1, (size, 2))
+            values[rng.random(size) < 0.05] = -5
+            rows = "\n".join(f"{v:.3f},{a:.3f}" if v != -5 else "-5,-5" for v, a in values)
+            with open(os.path.join(folder, f"video{index}.txt"), "w") as handle:
+                handle.write("valence,arousal\n" + rows + "\n")
+    dirs = {"va": os.path.join(root, "VA_Estimation_Challenge")}
+    records = []
+    for index in range(opts.repeat):
+        start = time.perf_counter()
+        joined = tracks.join_split(dirs, "train")
+        seconds = time.perf_counter() - start
+        record = dict(bench="tracks", lines=len(joined.frames), videos=len(joined.videos), run=index,
+                      seconds=round(seconds, 2), img_per_s=round(len(joined.frames) / seconds, 1),
+                      **run_settings(opts, torch.device("cpu")))
+        records.append(record)
+        emit(record)
+    summarise(records)
+
+
 def model_flags(parser: argparse.ArgumentParser, models: bool = True) -> None:
     if models:
         parser.add_argument("--model", choices=["cotex", "emma"], default="emma")
@@ -546,6 +583,12 @@ def build_cli() -> argparse.ArgumentParser:
     temporal.add_argument("--batch-size", type=int, default=32)
     temporal.add_argument("--steps", type=int, default=10, help="measured optimizer steps (default: %(default)s)")
     temporal.set_defaults(model="temporal", patch_size=None)
+
+    reading = commands.add_parser("tracks", help="reading and joining a per-video VA track (img_per_s counts lines)")
+    common_flags(reading, warmup=0)
+    reading.add_argument("--lines", type=int, default=3_000_000, help="annotation lines (default: %(default)s)")
+    reading.add_argument("--videos", type=int, default=594, help="annotation files (default: %(default)s)")
+    reading.add_argument("--dir", default=None, help="where the track is written (default: a temporary folder)")
     return parser
 
 
@@ -556,7 +599,7 @@ def main(argv=None) -> None:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     {"train": bench_train, "pretrain": bench_train, "data": bench_data, "eval": bench_eval, "extract": bench_extract,
-     "temporal": bench_temporal}[opts.command](opts)
+     "temporal": bench_temporal, "tracks": bench_tracks}[opts.command](opts)
 
 
 if __name__ == "__main__":

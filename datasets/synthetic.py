@@ -1,12 +1,14 @@
 """Procedural FACS faces: the project's built-in data set, written in the official ABAW4 layouts.
 
 The real ABAW4 data is licensed and cannot ship, so this module writes a stand-in exactly as the MTL and LSD tracks
-are released (see ``/work/shared/SYNTHETIC.md`` and ``ABAW4.md``): it plans videos and images (identities, expression
-episodes as AU intensities, pose and look), derives their labels, renders them through worker processes with
-``datasets.faces`` and marks a finished set in ``synthetic_meta.json``. Tests, the ``--demo`` of both entry points and
-the benchmarks use it; ``datasets.synthetic_cli`` is its command line::
+are released (see ``/work/shared/SYNTHETIC.md`` and ``ABAW4.md``), and the per-video single-task VA, EXPR and AU
+tracks of ABAW2-8: it plans videos and images (identities, expression episodes as AU intensities, pose and look),
+derives their labels, renders them through worker processes with ``datasets.faces`` and marks a finished set in
+``synthetic_meta.json``. Tests, the ``--demo`` of both entry points and the benchmarks use it;
+``datasets.synthetic_cli`` is its command line::
 
     python -m datasets.synthetic mtl OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
+    python -m datasets.synthetic tracks OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic lsd OUT_DIR [--per-class 200] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic faces OUT_DIR [--count 2000] [--size 112] [--seed 0] [--workers N]
 
@@ -14,10 +16,21 @@ The "faces" set is unlabelled, for MAE pretraining (``main_pretrain.py``), as Ce
 folder of images, each its own identity, in the three imaging styles in turn, with a random expression at a random
 intensity; it shares no image, identity or random stream with the MTL and LSD sets.
 
+The "tracks" set is the MTL set's videos in the single-task layout (ABAW4.md, "Single-task tracks"): with the same
+parameters it has the same video names, splits and frames, and a frame has the same labels wherever both sets annotate
+it. Each track annotates its own overlapping subset of the videos of a split (VA all of them), one file per video whose
+line i is frame i, and a file goes on past the video's last face crop, as the released files do::
+
+    cropped_aligned/<video>/%05d.jpg
+    6th ABAW Annotations/{VA_Estimation_Challenge,EXPR_Recognition_Challenge,AU_Detection_Challenge}/
+        {Train_Set,Validation_Set,Test_Set}/<video>.txt           (Test_Set: labels for the synthetic data only)
+    CVPR_6th_ABAW_VA_test_set_sample.txt, CVPR_6th_ABAW_Expr_test_set_sample.txt   every frame of each test video
+    names_of_videos_in_each_test_set/Action_Unit_Detection_Challenge_test_set_release.txt
+
 How a frame is made: an identity is drawn per video (MTL) or per image (LSD); expressions are EMFACS prototypes whose
 AUs move the face with an intensity in [0, 1]; pose, lighting, colour cast, texture, blur, noise and a JPEG quality
-between 70 and 95 make it a vision problem. Labels carry annotation noise and, in MTL training data, the real
-missing-label codes.
+between 70 and 95 make it a vision problem. Labels carry annotation noise and, in the training data of both video
+layouts, the real missing-label codes.
 
 Determinism: every random choice comes from ``np.random.default_rng([seed, track, ...item index])``, and OpenCV runs
 single-threaded, so the same seed writes the same bytes whatever the number of worker processes.
@@ -36,7 +49,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from datasets import lsd, mtl
+from datasets import lsd, mtl, tracks
 from datasets.faces import AU_COLUMN, DRAWN_AUS, encode_jpeg, render_face, sample_identity, sample_look, sample_pose
 from utils.abaw import AU_MISSING, AU_NUMBERS, EXPR_MISSING, EXPR_NAMES, LSD_CLASSES, VA_MISSING
 from utils.atomic import write_text_atomic
@@ -83,6 +96,10 @@ VIDEO_NO_EXPR_RATE = 0.3  # train/val videos annotated without expression (all -
 FRAME_NO_VA_RATE = 0.25  # training frames without valence/arousal (-5, -5); validation has all VA, as released
 FRAME_NO_AU_RATE = 0.25  # training frames without AUs (all -1); validation has all AUs, as released
 FRAME_GAP_RATE = 0.02  # frame numbers skipped (face not detected in the real data): numbering has gaps
+# Single-task tracks: ABAW6 annotates VA in 594 videos, EXPR in 548, AU in 542; more videos are left out here so that
+# small sets have some. A video is left out of EXPR, or else of AU, with this probability each (never of both).
+TRACK_ABSENT_RATE = 0.2
+EXTRA_LINES_MAX = 4  # a video's single-task files go on for 1 to this many lines past its last face crop
 # The test split is labelled completely so that the demo can score every field of its submission.
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -90,9 +107,24 @@ FRAME_GAP_RATE = 0.02  # frame numbers skipped (face not detected in the real da
 
 _MTL_HEADER = ",".join(mtl.FIELD_NAMES)  # header line of the MTL annotation files
 
+# Single-task tracks as released in ABAW6 (ABAW4.md, "Single-task tracks"): the folder and header names are those of
+# the reader (datasets.tracks); the annotation root and the test-list file names are those of that release.
+TRACKS_ANNOTATION_DIR = "6th ABAW Annotations"
+TRACKS_CHALLENGE_DIRS = {"VA": tracks.CHALLENGES["va"][0], "EXPR": "EXPR_Recognition_Challenge",
+                         "AU": tracks.CHALLENGES["au"][0]}
+TRACKS_SET_DIRS = tracks.SPLIT_DIRS
+TRACKS_HEADERS = {track: ",".join(tracks.COLUMNS[track.lower()]) for track in TRACKS_CHALLENGE_DIRS}
+TRACKS_VA_TEST_SAMPLE = "CVPR_6th_ABAW_VA_test_set_sample.txt"
+TRACKS_EXPR_TEST_SAMPLE = "CVPR_6th_ABAW_Expr_test_set_sample.txt"
+TRACKS_TEST_NAMES_DIR = "names_of_videos_in_each_test_set"
+TRACKS_AU_TEST_NAMES = "Action_Unit_Detection_Challenge_test_set_release.txt"
+_TRACKS_SAMPLE_HEADERS = {track: tracks.SUBMISSION_HEADERS[track.lower()] for track in ("VA", "EXPR")}
+
 # RNG keys: [seed, track code, stream, ...]. MTL streams: 0 video plan, 1 frame pixels (+ video, frame), 2 video
-# names, 3 videos without EXPR, 4 video annotations. LSD: split code (+ image index) for pixels, 3 the test order.
-_TRACK_CODE = {"mtl": 1, "lsd": 2, "faces": 3}
+# names, 3 videos without EXPR, 4 video annotations; the single-task tracks use these for their videos and add
+# their own streams: 0 the videos of each track, 1 the lines past the last crop. LSD: split code (+ image index) for
+# pixels, 3 the test order.
+_TRACK_CODE = {"mtl": 1, "lsd": 2, "faces": 3, "tracks": 4}
 FACES_DIR = "faces"
 FACE_STYLES = ("video", "rendered", "photo")
 _LSD_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -100,9 +132,12 @@ _OWNED_PATHS = {
     "mtl": (mtl.IMAGE_DIR, mtl.TRAIN_FILE, mtl.VAL_FILE, mtl.TEST_LIST_FILE, mtl.TEST_LABEL_FILE),
     "lsd": (lsd.TRAIN_DIR, lsd.VAL_DIR, lsd.TEST_DIR, lsd.TEST_LIST_FILE, lsd.TEST_LABEL_FILE),
     "faces": (FACES_DIR,),
+    "tracks": (mtl.IMAGE_DIR, TRACKS_ANNOTATION_DIR, TRACKS_VA_TEST_SAMPLE, TRACKS_EXPR_TEST_SAMPLE,
+               TRACKS_TEST_NAMES_DIR),
 }
 DEFAULTS = {
     "mtl": {"videos": 40, "frames": 50, "size": 112, "seed": 0},
+    "tracks": {"videos": 40, "frames": 50, "size": 112, "seed": 0},
     "lsd": {"per_class": 200, "size": 112, "seed": 0},
     "faces": {"count": 2000, "size": 112, "seed": 0},
 }
@@ -227,8 +262,9 @@ def plan_video(seed: int, video_index: int, frames: int) -> dict:
             "gaze": gaze, "blink": blink, "light": light, "numbers": numbers, "key": (seed, video_index)}
 
 
-def video_labels(plan: dict, split: str, has_expr: bool) -> dict:
-    """Annotated labels of a planned video: noise as in real annotation, and the missing codes of ``split``."""
+def _noisy_labels(plan: dict) -> tuple:
+    """Labels of every frame of a planned video with noise as in real annotation, and which frames a training split
+    leaves without VA and without AUs (boolean masks keyed "va" and "aus")."""
     seed, video_index = plan["key"]
     rng = np.random.default_rng([seed, _TRACK_CODE["mtl"], 4, video_index])
     frames = len(plan["expression"])
@@ -240,22 +276,43 @@ def video_labels(plan: dict, split: str, has_expr: bool) -> dict:
     aus ^= (rng.random(aus.shape) < AU_LABEL_NOISE).astype(np.int64)
     va = np.clip(plan["va"] + rng.normal(0.0, VA_LABEL_NOISE, plan["va"].shape), -1.0, 1.0)
     va = np.round(va, 4)
+    unlabelled = {"va": rng.random(frames) < FRAME_NO_VA_RATE, "aus": rng.random(frames) < FRAME_NO_AU_RATE}
+    return {"expression": expression, "aus": aus, "va": va}, unlabelled
+
+
+def video_labels(plan: dict, split: str, has_expr: bool) -> dict:
+    """Annotated labels of a planned video: noise as in real annotation, and the missing codes of ``split``."""
+    labels, unlabelled = _noisy_labels(plan)
     if not has_expr:
-        expression[:] = EXPR_MISSING
+        labels["expression"][:] = EXPR_MISSING
     if split == "train":
-        va[rng.random(frames) < FRAME_NO_VA_RATE] = VA_MISSING
-        aus[rng.random(frames) < FRAME_NO_AU_RATE] = AU_MISSING
-    return {"expression": expression, "aus": aus, "va": va}
+        labels["va"][unlabelled["va"]] = VA_MISSING
+        labels["aus"][unlabelled["aus"]] = AU_MISSING
+    return labels
+
+
+def _va_text(valence: float, arousal: float) -> str:
+    """Valence and arousal as written in both video layouts: four decimals, or the missing code."""
+    return f"{VA_MISSING},{VA_MISSING}" if valence == VA_MISSING else f"{valence:.4f},{arousal:.4f}"
+
+
+def _au_text(aus: np.ndarray) -> str:
+    return ",".join(str(int(v)) for v in aus)
 
 
 def _annotation_rows(name: str, numbers: np.ndarray, labels: dict) -> list:
     rows = []
     for i, number in enumerate(numbers):
-        valence, arousal = labels["va"][i]
-        va_text = f"{VA_MISSING},{VA_MISSING}" if valence == VA_MISSING else f"{valence:.4f},{arousal:.4f}"
-        aus = ",".join(str(int(v)) for v in labels["aus"][i])
-        rows.append(f"{name}/{int(number):05d}.jpg,{va_text},{int(labels['expression'][i])},{aus}")
+        va_text = _va_text(*labels["va"][i])
+        rows.append(f"{name}/{int(number):05d}.jpg,{va_text},{int(labels['expression'][i])},{_au_text(labels['aus'][i])}")
     return rows
+
+
+def _video_splits(seed: int, videos: int) -> tuple:
+    """Names and splits of the planned videos, shared by the MTL and single-task layouts: train, then val, then test."""
+    names = video_names(np.random.default_rng([seed, _TRACK_CODE["mtl"], 2]), videos)
+    n_train, n_val, n_test = split_sizes(videos)
+    return names, ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
 
 
 def _render_video_chunk(task: dict) -> int:
@@ -275,6 +332,24 @@ def _render_video_chunk(task: dict) -> int:
     return len(task["frames"])
 
 
+def _render_videos(out_dir, names: list, plans: list, size: int, seed: int, workers, progress: bool,
+                   unit_name: str) -> int:
+    """Write every planned frame as ``cropped_aligned/<video>/%05d.jpg`` through worker processes; returns the number
+    of workers."""
+    tasks = []
+    chunk = 64
+    for index, (name, plan) in enumerate(zip(names, plans)):
+        folder = os.path.join(out_dir, mtl.IMAGE_DIR, name)
+        os.makedirs(folder, exist_ok=True)
+        worker_plan = {key: plan[key] for key in ("face", "look", "au", "pose", "gaze", "blink", "light", "numbers")}
+        frames = len(plan["numbers"])
+        for first in range(0, frames, chunk):
+            tasks.append({"plan": worker_plan, "size": size, "seed": seed, "video_index": index, "folder": folder,
+                          "frames": list(range(first, min(first + chunk, frames)))})
+    total = sum(len(plan["numbers"]) for plan in plans)
+    return _run_tasks(_render_video_chunk, tasks, total, workers, progress, unit_name)
+
+
 def generate_mtl(out_dir, videos=40, frames=50, size=112, seed=0, workers=None, progress=True) -> dict:
     """Write a synthetic MTL data set (ABAW4 layout) to ``out_dir``.
 
@@ -285,9 +360,7 @@ def generate_mtl(out_dir, videos=40, frames=50, size=112, seed=0, workers=None, 
     params = _check_params("mtl", videos=videos, frames=frames, size=size, seed=seed)
     start_time = time.perf_counter()
     _prepare_out_dir(out_dir, "mtl", params)
-    names = video_names(np.random.default_rng([seed, _TRACK_CODE["mtl"], 2]), videos)
-    n_train, n_val, _ = split_sizes(videos)
-    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * (videos - n_train - n_val)
+    names, splits = _video_splits(seed, videos)
     # Which train/val videos lack expression labels; at least one per split keeps them so F1 is defined.
     expr_rng = np.random.default_rng([seed, _TRACK_CODE["mtl"], 3])
     has_expr = [split == "test" or expr_rng.random() >= VIDEO_NO_EXPR_RATE for split in splits]
@@ -298,30 +371,120 @@ def generate_mtl(out_dir, videos=40, frames=50, size=112, seed=0, workers=None, 
 
     rows = {"train": [], "val": [], "test": []}
     test_images = []
-    tasks = []
-    chunk = 64
-    for index, (name, split) in enumerate(zip(names, splits)):
-        plan = plan_video(seed, index, frames)
+    plans = [plan_video(seed, index, frames) for index in range(videos)]
+    for index, (name, split, plan) in enumerate(zip(names, splits, plans)):
         labels = video_labels(plan, split, has_expr[index])
         rows[split].extend(_annotation_rows(name, plan["numbers"], labels))
         if split == "test":
             test_images.extend(f"{name}/{int(n):05d}.jpg" for n in plan["numbers"])
-        folder = os.path.join(out_dir, mtl.IMAGE_DIR, name)
-        os.makedirs(folder, exist_ok=True)
-        worker_plan = {key: plan[key] for key in ("face", "look", "au", "pose", "gaze", "blink", "light", "numbers")}
-        for first in range(0, frames, chunk):
-            tasks.append({"plan": worker_plan, "size": size, "seed": seed, "video_index": index, "folder": folder,
-                          "frames": list(range(first, min(first + chunk, frames)))})
-    workers_used = _run_tasks(_render_video_chunk, tasks, videos * frames, workers, progress, "mtl frames")
+    workers_used = _render_videos(out_dir, names, plans, size, seed, workers, progress, "mtl frames")
 
     write_text_atomic(os.path.join(out_dir, mtl.TRAIN_FILE), _lines([_MTL_HEADER] + rows["train"]))
     write_text_atomic(os.path.join(out_dir, mtl.VAL_FILE), _lines([_MTL_HEADER] + rows["val"]))
     write_text_atomic(os.path.join(out_dir, mtl.TEST_LIST_FILE), _lines([mtl.SUBMISSION_HEADER] + test_images))
     write_text_atomic(os.path.join(out_dir, mtl.TEST_LABEL_FILE), _lines([_MTL_HEADER] + rows["test"]))
-    counts = {"images": videos * frames, "videos": {"train": n_train, "val": n_val, "test": videos - n_train - n_val},
+    counts = {"images": videos * frames, "videos": {split: splits.count(split) for split in rows},
               "frames": {split: len(rows[split]) for split in rows},
               "videos_without_expr": sum(not flag for flag in has_expr)}
     return _finish(out_dir, "mtl", params, counts, start_time, workers_used)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Single-task tracks: the MTL videos, one annotation file per video and track
+
+
+def track_videos(seed: int, splits: list) -> dict:
+    """Track ("VA", "EXPR", "AU") -> which videos it annotates, a boolean per video of ``splits``.
+
+    VA annotates every video; each video is left out of EXPR, or else of AU, with ``TRACK_ABSENT_RATE`` each. A split
+    of two videos or more keeps one in all three tracks and one that is not (so each track has every split).
+    """
+    rng = np.random.default_rng([seed, _TRACK_CODE["tracks"], 0])
+    # The track each video is left out of: 0 none, 1 EXPR, 2 AU.
+    left_out = rng.choice(3, size=len(splits), p=[1 - 2 * TRACK_ABSENT_RATE, TRACK_ABSENT_RATE, TRACK_ABSENT_RATE])
+    for split in ("train", "val", "test"):
+        members = [i for i, s in enumerate(splits) if s == split]
+        if all(left_out[i] for i in members):
+            left_out[members[0]] = 0
+        if len(members) > 1 and not any(left_out[i] for i in members):
+            left_out[members[-1]] = 1 + int(rng.integers(2))
+    return {"VA": np.ones(len(splits), bool), "EXPR": left_out != 1, "AU": left_out != 2}
+
+
+def track_line_labels(plan: dict, split: str, extra_lines: int) -> dict:
+    """Labels of every line of a video's single-task files: frame numbers 1 to the last crop's number plus
+    ``extra_lines``.
+
+    A frame with a crop has its :func:`video_labels` (with EXPR: a video without them is one the EXPR track leaves
+    out); a frame without one (a gap, or past the last crop) has the labels of the crop before it, without the
+    training split's missing codes, since the real files annotate the video, not its crops.
+    """
+    labels, unlabelled = _noisy_labels(plan)
+    numbers = plan["numbers"]
+    line_numbers = np.arange(1, int(numbers[-1]) + extra_lines + 1)
+    source = np.searchsorted(numbers, line_numbers, side="right") - 1
+    lines = {key: value[source] for key, value in labels.items()}
+    if split == "train":
+        with_crop = numbers[source] == line_numbers
+        lines["va"][unlabelled["va"][source] & with_crop] = VA_MISSING
+        lines["aus"][unlabelled["aus"][source] & with_crop] = AU_MISSING
+    return lines
+
+
+def _track_file_text(track: str, labels: dict) -> str:
+    """One video's annotation file of ``track`` (ABAW4.md): the header, then one line per frame."""
+    if track == "VA":
+        rows = [_va_text(valence, arousal) for valence, arousal in labels["va"]]
+    elif track == "EXPR":
+        rows = [str(int(expression)) for expression in labels["expression"]]
+    else:
+        rows = [_au_text(aus) for aus in labels["aus"]]
+    return _lines([TRACKS_HEADERS[track]] + rows)
+
+
+def generate_tracks(out_dir, videos=40, frames=50, size=112, seed=0, workers=None, progress=True) -> dict:
+    """Write the synthetic single-task VA, EXPR and AU tracks (ABAW2-8 layout, module docstring) to ``out_dir``.
+
+    Same videos, splits, frames and labels as :func:`generate_mtl` with the same arguments; each track annotates the
+    videos :func:`track_videos` gives it. Returns the same summary as :func:`generate_mtl`; its counts give videos and
+    annotation lines (frames, with a crop or not) per track and split.
+    """
+    params = _check_params("tracks", videos=videos, frames=frames, size=size, seed=seed)
+    start_time = time.perf_counter()
+    _prepare_out_dir(out_dir, "tracks", params)
+    names, splits = _video_splits(seed, videos)
+    annotated = track_videos(seed, splits)
+    extra_lines = np.random.default_rng([seed, _TRACK_CODE["tracks"], 1]).integers(1, EXTRA_LINES_MAX + 1, videos)
+    plans = [plan_video(seed, index, frames) for index in range(videos)]
+
+    counts = {"images": videos * frames, "videos": {track: dict.fromkeys(TRACKS_SET_DIRS, 0) for track in annotated},
+              "frames": {track: dict.fromkeys(TRACKS_SET_DIRS, 0) for track in annotated}}
+    test_lines = {track: [] for track in annotated}
+    for challenge_dir in TRACKS_CHALLENGE_DIRS.values():
+        for set_dir in TRACKS_SET_DIRS.values():
+            os.makedirs(os.path.join(out_dir, TRACKS_ANNOTATION_DIR, challenge_dir, set_dir), exist_ok=True)
+    for index, (name, split, plan) in enumerate(zip(names, splits, plans)):
+        labels = track_line_labels(plan, split, int(extra_lines[index]))
+        lines = len(labels["expression"])
+        for track in annotated:
+            if not annotated[track][index]:
+                continue
+            path = os.path.join(out_dir, TRACKS_ANNOTATION_DIR, TRACKS_CHALLENGE_DIRS[track], TRACKS_SET_DIRS[split],
+                                name + ".txt")
+            # A plain write, as for the frames: synthetic_meta.json, written last, marks the set complete.
+            with open(path, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(_track_file_text(track, labels))
+            counts["videos"][track][split] += 1
+            counts["frames"][track][split] += lines
+            if split == "test":
+                test_lines[track].extend(f"{name}/{number:05d}.jpg," for number in range(1, lines + 1))
+    workers_used = _render_videos(out_dir, names, plans, size, seed, workers, progress, "tracks frames")
+
+    for track, file_name in (("VA", TRACKS_VA_TEST_SAMPLE), ("EXPR", TRACKS_EXPR_TEST_SAMPLE)):
+        write_text_atomic(os.path.join(out_dir, file_name), _lines([_TRACKS_SAMPLE_HEADERS[track]] + test_lines[track]))
+    au_test_names = [name for index, name in enumerate(names) if splits[index] == "test" and annotated["AU"][index]]
+    write_text_atomic(os.path.join(out_dir, TRACKS_TEST_NAMES_DIR, TRACKS_AU_TEST_NAMES), _lines(au_test_names))
+    return _finish(out_dir, "tracks", params, counts, start_time, workers_used)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -549,12 +712,14 @@ def is_generated(out_dir, track, **params) -> bool:
     return all(os.path.exists(os.path.join(out_dir, name)) for name in _OWNED_PATHS[track])
 
 
-
 def generate(track: str, out_dir, **params) -> dict:
-    """:func:`generate_mtl`, :func:`generate_lsd` or :func:`generate_faces`, by track name (the demos' data sets)."""
+    """:func:`generate_mtl`, :func:`generate_tracks`, :func:`generate_lsd` or :func:`generate_faces`, by track name
+    (the demos' data sets)."""
     if track not in DEFAULTS:
         raise ValueError(f"unknown track {track!r}; expected one of {sorted(DEFAULTS)}")
-    return {"mtl": generate_mtl, "lsd": generate_lsd, "faces": generate_faces}[track](out_dir, **params)
+    generators = {"mtl": generate_mtl, "tracks": generate_tracks, "lsd": generate_lsd, "faces": generate_faces}
+    return generators[track](out_dir, **params)
+
 
 if __name__ == "__main__":
     from datasets.synthetic_cli import main

@@ -1,6 +1,7 @@
 """Command line of the synthetic data generator: parse the flags, write one data set, print a one-line summary.
 
     python -m datasets.synthetic mtl OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
+    python -m datasets.synthetic tracks OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic lsd OUT_DIR [--per-class 200] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic faces OUT_DIR [--count 2000] [--size 112] [--seed 0] [--workers N]
 
@@ -37,11 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=synthetic.__doc__.split("\n")[0])
     tracks = parser.add_subparsers(dest="track", required=True)
     mtl = tracks.add_parser("mtl", help="multi-task learning track: videos of frames with VA, EXPR and AU labels")
-    mtl.add_argument("out_dir")
-    mtl.add_argument("--videos", type=_bounded_int(3), default=DEFAULTS["mtl"]["videos"],
-                     help="number of videos, split about 60/20/20 into train/validation/test (default 40)")
-    mtl.add_argument("--frames", type=_bounded_int(1), default=DEFAULTS["mtl"]["frames"],
-                     help="frames per video (default 50)")
+    single = tracks.add_parser("tracks", help="single-task VA, EXPR and AU tracks (ABAW2-8 layout): the mtl videos, "
+                                              "one annotation file per video and track")
+    for sub, track in ((mtl, "mtl"), (single, "tracks")):
+        sub.add_argument("out_dir")
+        sub.add_argument("--videos", type=_bounded_int(3), default=DEFAULTS[track]["videos"],
+                         help="number of videos, split about 60/20/20 into train/validation/test (default 40)")
+        sub.add_argument("--frames", type=_bounded_int(1), default=DEFAULTS[track]["frames"],
+                         help="face crops per video (default 50)")
     lsd = tracks.add_parser("lsd", help="learning-from-synthetic-data track: six expression classes")
     lsd.add_argument("out_dir")
     lsd.add_argument("--per-class", type=_bounded_int(1), default=DEFAULTS["lsd"]["per_class"],
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("out_dir")
     faces.add_argument("--count", type=_bounded_int(1), default=DEFAULTS["faces"]["count"],
                        help="number of images (default 2000)")
-    for sub, track in ((mtl, "mtl"), (lsd, "lsd"), (faces, "faces")):
+    for sub, track in ((mtl, "mtl"), (single, "tracks"), (lsd, "lsd"), (faces, "faces")):
         sub.add_argument("--size", type=_bounded_int(MIN_SIZE, MAX_SIZE), default=DEFAULTS[track]["size"],
                          help="image side in pixels")
         sub.add_argument("--seed", type=_bounded_int(0), default=DEFAULTS[track]["seed"],
@@ -67,6 +71,10 @@ def main(argv=None) -> int:
         if args.track == "mtl":
             summary = synthetic.generate_mtl(args.out_dir, videos=args.videos, frames=args.frames, **common)
             detail = ", ".join(f"{summary['counts']['videos'][s]} {s} videos" for s in ("train", "val", "test"))
+        elif args.track == "tracks":
+            summary = synthetic.generate_tracks(args.out_dir, videos=args.videos, frames=args.frames, **common)
+            detail = "; ".join(f"{track} " + "/".join(str(n) for n in per_split.values())
+                               for track, per_split in summary["counts"]["videos"].items()) + " train/val/test videos"
         elif args.track == "lsd":
             summary = synthetic.generate_lsd(args.out_dir, per_class=args.per_class, **common)
             detail = ", ".join(f"{summary['counts']['split'][s]} {s}" for s in ("train", "val", "test"))

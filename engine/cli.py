@@ -98,8 +98,10 @@ def build_parser(track, description: str) -> OneLineParser:
              help="data root in the official ABAW4 layout (see README, 'Data preparation')")
     _add(data, "--output-dir", aliases=["--output_dir"], metavar="DIR", default=defaults["output_dir"],
          help="where the run writes logs, checkpoints, metrics and predictions (default: %(default)s)")
-    _add(data, "--test-list", aliases=["--test_list"], metavar="FILE",
-         help="test list file (default: the official list file in --data-dir, if present)")
+    _add(data, "--test-list", aliases=["--test_list"], metavar="[TASK=]FILE", nargs="+",
+         help="test list file (default: the official list file in --data-dir, if present); main_mtl.py's per-video "
+              "tasks take one per task: a sample file (header image_location,...) or TASK=FILE for a list of "
+              "video names")
     _add(data, "--num-workers", aliases=["--num_workers", "--workers"], type=non_negative_int, default=2,
          metavar="N", help="data-loading worker processes per GPU/process (default: %(default)s)")
     _add(data, "--max-bad-images", type=unit_interval, default=0.01, metavar="FRACTION",
@@ -167,8 +169,9 @@ def build_parser(track, description: str) -> OneLineParser:
     evaluation = groups["evaluation"] = parser.add_argument_group("evaluation and submission")
     _add(evaluation, "--eval", action="store_true",
          help="evaluate a checkpoint and write the submission file, no training")
-    _add(evaluation, "--ckpt", metavar="PATH",
-         help="checkpoint for --eval (default: the best checkpoint of --output-dir)")
+    _add(evaluation, "--ckpt", metavar="PATH", nargs="+",
+         help="checkpoint for --eval (default: the best checkpoint of --output-dir)"
+              + ("; several: an ensemble, evaluated on the mean of their probabilities" if stage.ensembles else ""))
     _add(evaluation, "--eval-batch-size", type=positive_int, default=None, metavar="N",
          help="batch size of evaluation (default: 2 x --batch-size)")
 
@@ -233,8 +236,9 @@ def parse_args(track, description: str, argv=None) -> argparse.Namespace:
                 parser.error(f"--data-dir {folder} is not a directory")
     if args.resume not in ("auto", "none") and not args.eval and not os.path.isfile(args.resume):
         parser.error(f"--resume {args.resume}: no such file (use auto, none or a checkpoint path)")
-    if args.ckpt and not os.path.isfile(args.ckpt):
-        parser.error(f"--ckpt {args.ckpt}: no such file")
+    for path in args.ckpt or []:
+        if not os.path.isfile(path):
+            parser.error(f"--ckpt {path}: no such file")
     if args.warmup_epochs > args.epochs:
         parser.error(f"--warmup-epochs {args.warmup_epochs:g} exceeds --epochs {args.epochs}")
     stage.check_flags(args, parser.error)

@@ -23,8 +23,11 @@ from engine.task import (
     ImageTask,
     Selection,
     fill_unpredicted,
+    log_probabilities,
     model_from_checkpoint,
     require_present,
+    single_test_list,
+    softmax,
 )
 from utils import abaw, metrics
 from utils.errors import UserError
@@ -115,7 +118,7 @@ class LSDTask(ImageTask):
         return lsd.LSDDataset(self.val_folders, skip_bad=self.args.allow_missing)
 
     def test_split(self):
-        path = self.args.test_list or os.path.join(self.args.data_dir, lsd.TEST_LIST_FILE)
+        path = single_test_list(self.args) or os.path.join(self.args.data_dir, lsd.TEST_LIST_FILE)
         if not os.path.isfile(path):
             log("no test list found (pass --test-list): test_predictions.txt not written")
             return None
@@ -187,6 +190,12 @@ class LSDTask(ImageTask):
 
     def checkpoint_extras(self) -> dict:
         return {}
+
+    def ensemble_space(self, outputs):
+        return softmax(outputs)  # members average class probabilities
+
+    def output_space(self, values):
+        return log_probabilities(values)
 
     def val_names(self):
         return self.val_folders.images

@@ -8,6 +8,7 @@ VA and of expression probabilities, with the window chosen on validation (``--sm
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from functools import cached_property
@@ -15,7 +16,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from datasets import mtl
+from datasets import mtl, tracks
 from datasets.images import ImageListDataset
 from datasets.transforms import mtl_train_augment
 from engine import plots, submission
@@ -25,8 +26,12 @@ from engine.task import (
     ImageTask,
     Selection,
     fill_unpredicted,
+    log_probabilities,
+    logits_of,
     model_from_checkpoint,
     require_present,
+    single_test_list,
+    softmax,
 )
 from utils import abaw, metrics
 from utils.errors import UserError
@@ -35,6 +40,10 @@ from utils.monitor import log, warn, write_json
 from utils.optim import vit_param_groups
 
 AU_THRESHOLDS_FILE = "au_thresholds.json"
+# The validation score of each per-video task (``--task``), and the keys of val_metrics.json that belong to it.
+TASK_METRIC = {"va": "va", "expr": "f1_expr", "au": "f1_au"}
+TASK_KEYS = {"va": ("va", "ccc_v", "ccc_a"), "expr": ("f1_expr", "acc_expr", "f1_per_expr"),
+             "au": ("f1_au", "f1_per_au")}
 
 
 class MTLTask(ImageTask):
@@ -61,6 +70,13 @@ class MTLTask(ImageTask):
         self.args = args
         self.au_thresholds = [abaw.DEFAULT_AU_THRESHOLD] * abaw.NUM_AU
         self._test = None  # (listed images, rows filled from stand-in images), once the test split is read
+        self._test_frames = None  # per-video tasks: the test lists resolved against the images
+        # ("mtl",): the ABAW4 MTL files; otherwise the per-video tracks of these tasks, joined per frame.
+        self.tasks = tuple(getattr(args, "task", ("mtl",)))
+        self.per_video = self.tasks != ("mtl",)
+        if self.per_video:
+            scores = {task: TASK_METRIC[task] for task in self.tasks}
+            self.selection = Selection({"score": "score", **scores} if len(self.tasks) > 1 else scores)
 
     # ---- command line
     @staticmethod
@@ -75,6 +91,15 @@ class MTLTask(ImageTask):
         groups["optim"].add_argument(
             "--va-lr", "--va_lr", type=non_negative_float, default=1e-4,
             help="constant learning rate of the VA head, as the reference's separate Adam (default: %(default)s)")
+        groups["data"].add_argument(
+            "--task", type=task_list, default=("mtl",), metavar="{mtl,va,expr,au}[,...]",
+            help="mtl: the ABAW4 MTL files; va, expr, au, or a comma list such as va,expr,au: the per-video "
+                 "annotation files of the single-task tracks (ABAW2-8), joined per frame so that one EMMA trains on "
+                 "all of them (default: mtl)")
+        groups["data"].add_argument(
+            "--annotation-dir", metavar="DIR",
+            help="with per-video tasks: the folder holding VA_Estimation_Challenge, EXPR_Classification_Challenge "
+                 "(or EXPR_Recognition_Challenge) and AU_Detection_Challenge, at any depth (default: --data-dir)")
         groups["data"].add_argument(
             "--folds", type=positive_int, default=1, metavar="K",
             help="with --fold: split the training videos into K folds (by a hash of the video name) and train on all "
@@ -92,6 +117,20 @@ class MTLTask(ImageTask):
     def check_flags(args, error) -> None:
         if (args.folds > 1) != (args.fold is not None) or (args.fold is not None and args.fold >= args.folds):
             error(f"--folds {args.folds} needs --fold k with 0 <= k < {args.folds} (and --fold needs --folds > 1)")
+        if tuple(args.task) == ("mtl",):
+            if args.annotation_dir:
+                error("--annotation-dir applies to the per-video tasks (--task va, expr, au or a list of them)")
+            if args.test_list and len(args.test_list) > 1:
+                error("--task mtl has one test list; several --test-list files are for the per-video tasks")
+        else:
+            if args.annotation_dir and not os.path.isdir(args.annotation_dir):
+                error(f"--annotation-dir {args.annotation_dir}: no such folder")
+            try:
+                listed = [tracks.test_list_task(item, args.task)[0] for item in args.test_list or ()]
+            except UserError as err:
+                error(str(err))
+            if len(set(listed)) != len(listed):
+                error("--test-list: give one test list per task")
         check_mtl_output_flags(args, error)
 
     # ---- data
@@ -99,8 +138,18 @@ class MTLTask(ImageTask):
         return os.path.join(self.args.data_dir, mtl.IMAGE_DIR)
 
     @cached_property
+    def challenge_dirs(self) -> dict[str, str]:
+        """Per-video tasks: each task's challenge folder."""
+        return tracks.find_challenge_dirs([self.args.annotation_dir or self.args.data_dir], self.tasks)
+
+    def _load_split(self, split: str) -> mtl.Annotations:
+        if self.per_video:
+            return tracks.load_split(self.challenge_dirs, self.image_root(), split, log=log)
+        return mtl.load_split(self.args.data_dir, mtl.TRAIN_FILE if split == "train" else mtl.VAL_FILE, log=log)
+
+    @cached_property
     def train_annotations(self) -> mtl.Annotations:
-        annotations = mtl.load_split(self.args.data_dir, mtl.TRAIN_FILE, log=log)
+        annotations = self._load_split("train")
         folds, fold = getattr(self.args, "folds", 1), getattr(self.args, "fold", None)
         if fold is None:
             return annotations
@@ -115,7 +164,7 @@ class MTLTask(ImageTask):
 
     @cached_property
     def val_annotations(self) -> mtl.Annotations:
-        return mtl.load_split(self.args.data_dir, mtl.VAL_FILE, log=log)
+        return self._load_split("val")
 
     @cached_property
     def loss_fn(self) -> MTLLoss:
@@ -135,8 +184,10 @@ class MTLTask(ImageTask):
 
     def test_split(self):
         """The test list's frames; absent images are an error, or stand-ins (the nearest frame of the same video)
-        with ``--allow-missing``."""
-        path = self.args.test_list or os.path.join(self.args.data_dir, mtl.TEST_LIST_FILE)
+        with ``--allow-missing``. Per-video tasks: the frames of every task's test list (below)."""
+        if self.per_video:
+            return self._per_video_test_split()
+        path = single_test_list(self.args) or os.path.join(self.args.data_dir, mtl.TEST_LIST_FILE)
         if not os.path.isfile(path):
             log("no test list found (pass --test-list): test_predictions.txt not written")
             return None
@@ -150,6 +201,24 @@ class MTLTask(ImageTask):
             filled = [int(i) for i in np.flatnonzero(~present)]
         self._test = (images, filled)
         return ImageListDataset(self.image_root(), load_paths, skip_bad=self.args.allow_missing)
+
+    def _per_video_test_split(self):
+        """Every frame of each task's test list gets a row: a frame without an image takes the prediction of the
+        nearest frame of its video that has one (never of another video)."""
+        args = self.args
+        roots = list(dict.fromkeys(root for root in (args.data_dir, args.annotation_dir) if root))
+        items = args.test_list or tracks.find_test_lists(roots, self.tasks)
+        if not items:
+            log("no test list found (pass --test-list [TASK=]FILE ...): no test predictions written")
+            return None
+        lists = [tracks.read_test_list(item, self.image_root(), self.tasks) for item in items]
+        frames = tracks.test_frames(lists, self.image_root())
+        for task, test_list in frames.lists.items():
+            log(f"{task} test list {test_list.source}: {len(test_list.images)} frames"
+                + (f"; {frames.filled[task]} have no image and take the prediction of the nearest frame of their "
+                   f"video with one" if frames.filled[task] else ""))
+        self._test, self._test_frames = (frames.images, []), frames
+        return ImageListDataset(self.image_root(), frames.images, skip_bad=args.allow_missing)
 
     def train_augment(self, img_size: int):
         return mtl_train_augment(img_size)
@@ -237,13 +306,48 @@ class MTLTask(ImageTask):
         return va, expr, aus
 
     def val_metrics(self, outputs: np.ndarray) -> dict:
-        va, expr, aus = self.decode(outputs)
-        result = metrics.mtl_metrics(va, expr, aus, self.val_annotations.targets)
+        return self._scores(self.decode(outputs), self.val_annotations.targets)
+
+    def _scores(self, decoded, targets) -> dict:
+        """The scores of decoded outputs; per-video tasks: those of the tasks run, and their sum as ``score``."""
+        result = metrics.mtl_metrics(*decoded, targets)
         result["va"] = (result["ccc_v"] + result["ccc_a"]) / 2
-        return result
+        if not self.per_video:
+            return result
+        scores = {key: result[key] for task in self.tasks for key in TASK_KEYS[task]}
+        if len(self.tasks) > 1:
+            scores = {"score": sum(result[TASK_METRIC[task]] for task in self.tasks), **scores}
+        return scores
 
     def checkpoint_extras(self) -> dict:
         return {"au_thresholds": list(self.au_thresholds)}
+
+    def ensemble_space(self, outputs):
+        """Members average VA as it is, and the probabilities of the expressions (softmax) and of the AUs."""
+        values = np.asarray(outputs, dtype=np.float64).copy()
+        values[:, abaw.OUT_EXPR] = softmax(values[:, abaw.OUT_EXPR])
+        values[:, abaw.OUT_AU] = abaw.au_probabilities(outputs)
+        return values
+
+    def output_space(self, values):
+        """Back to output rows: log-probabilities of the expressions, logits of the AUs."""
+        outputs = values.copy()
+        outputs[:, abaw.OUT_EXPR] = log_probabilities(values[:, abaw.OUT_EXPR])
+        outputs[:, abaw.OUT_AU] = logits_of(values[:, abaw.OUT_AU])
+        return outputs
+
+    def use_ensemble_settings(self, first_path, first_extras) -> None:
+        """An ensemble's AU thresholds: those of --au-thresholds FILE, else the ones tuned on its validation outputs
+        (--tune-au-thresholds), else the first member's."""
+        if self.args.au_thresholds:
+            source = self.args.au_thresholds  # every load_for_eval applied them
+        elif self.args.tune_au_thresholds:
+            log("AU thresholds of the ensemble: tuned on its validation outputs (--tune-au-thresholds)")
+            return
+        else:
+            self.au_thresholds = list(first_extras["au_thresholds"])
+            source = f"the first member's ({first_path})"
+        log(f"AU thresholds of the ensemble: {source}: " + " ".join(f"{t:.2f}" for t in self.au_thresholds))
 
     def val_names(self):
         return self.val_annotations.images
@@ -254,8 +358,28 @@ class MTLTask(ImageTask):
     def write_predictions(self, path: str, names, outputs: np.ndarray) -> None:
         submission.write_mtl_predictions(path, names, *self.decode(outputs))
 
+    def write_split_predictions(self, out_dir: str, split: str, names, outputs) -> list[tuple[str, int]]:
+        """Per-video tasks: one file per task, ``<split>_predictions_<task>.txt``: validation over the frames that
+        task labels, test over the task's list in list order."""
+        if not self.per_video:
+            return super().write_split_predictions(out_dir, split, names, outputs)
+        decoded = dict(zip(("va", "expr", "au"), self.decode(outputs)))
+        written = []
+        for task in self.tasks:
+            if split == "val":
+                rows = np.flatnonzero(tracks.has_label(task, self.val_annotations.targets))
+                images = np.asarray(names, dtype=object)[rows]
+            elif task in self._test_frames.lists:
+                rows, images = self._test_frames.rows[task], self._test_frames.lists[task].images
+            else:
+                continue
+            path = os.path.join(out_dir, f"{split}_predictions_{task}.txt")
+            submission.write_track_predictions(path, task, images, decoded[task][rows])
+            written.append((path, len(images)))
+        return written
+
     def figures(self, val_outputs) -> dict:
-        return plots.mtl_figures(self, val_outputs)
+        return plots.mtl_figures(self, val_outputs, ("va", "expr", "au") if not self.per_video else self.tasks)
 
     def fill_test(self, outputs, seen):
         """Unreadable test frames take the output of the nearest predicted frame of the same video (any predicted
@@ -271,8 +395,35 @@ class MTLTask(ImageTask):
         return fill_unpredicted(outputs, seen, images, nearest, filled)
 
     def test_metrics(self, outputs: np.ndarray, images) -> dict | None:
+        if self.per_video:
+            return self._per_video_test_metrics(outputs)
         targets = self.test_targets(images)
         return None if targets is None else metrics.mtl_metrics(*self.decode(outputs), targets)
+
+    def _per_video_test_metrics(self, outputs: np.ndarray) -> dict | None:
+        """Scores of each task's test list (every listed frame, filled ones included) where ``Test_Set`` label files
+        exist (the synthetic sets have them); None otherwise."""
+        joined = tracks.join_split(self.challenge_dirs, "test")
+        frames = self._test_frames
+        if joined is None or not set(frames.lists) <= set(joined.tasks):
+            return None
+        row_of = {name: row for row, name in enumerate(joined.names())}
+        decoded = self.decode(outputs)
+        result = {}
+        for task in self.tasks:
+            if task not in frames.lists:
+                continue
+            test_list, rows = frames.lists[task], frames.rows[task]
+            targets = np.full((len(rows), abaw.LABEL_COLUMNS), -1.0, np.float32)
+            targets[:, abaw.LABEL_VA] = abaw.VA_MISSING
+            found = np.array([row_of.get(name, -1) for name in test_list.images])
+            targets[found >= 0, tracks.LABELS[task]] = joined.targets[found[found >= 0], tracks.LABELS[task]]
+            scores = metrics.mtl_metrics(*(part[rows] for part in decoded), targets)
+            scores["va"] = (scores["ccc_v"] + scores["ccc_a"]) / 2
+            result.update({key: scores[key] for key in TASK_KEYS[task]})
+        if len(self.tasks) > 1 and len(frames.lists) == len(self.tasks):
+            result = {"score": sum(result[TASK_METRIC[task]] for task in self.tasks), **result}
+        return result
 
     def test_targets(self, images) -> np.ndarray | None:
         """Label rows of the test images where the data set has test labels (the synthetic sets do), else None."""
@@ -292,7 +443,10 @@ class MTLTask(ImageTask):
         args = self.args
         report = {"au_thresholds": list(self.au_thresholds)}
         labels = self.val_annotations.targets
-        if args.tune_au_thresholds:
+        runs = ("va", "expr", "au") if not self.per_video else self.tasks
+        if args.tune_au_thresholds and "au" not in runs:
+            log("--tune-au-thresholds: no AU task in --task; nothing to tune")
+        elif args.tune_au_thresholds:
             thresholds, before, after = metrics.tune_au_thresholds(abaw.au_probabilities(val_outputs),
                                                                    labels[:, abaw.LABEL_AU])
             self.au_thresholds = thresholds
@@ -305,6 +459,9 @@ class MTLTask(ImageTask):
         videos, frames = mtl.video_and_frame(self.val_annotations.images)
         for flag, columns, what in ((args.smooth_va, abaw.OUT_VA, "va"), (args.smooth_expr, abaw.OUT_EXPR, "expr")):
             if flag == 0:
+                continue
+            if what not in runs:
+                log(f"--smooth-{what}: no {what} task in --task; not smoothed")
                 continue
             if flag == "auto":
                 if what == "va":
@@ -333,19 +490,27 @@ class MTLTask(ImageTask):
             return None
         with open(path) as handle:
             test = json.load(handle)
+        if self.per_video:
+            key = self.selection.main if len(self.tasks) == 1 else "score"
+            joined = tracks.join_split(self.challenge_dirs, "test")
+            if key not in test or joined is None:
+                return None
+            name = "score (" + " + ".join(TASK_METRIC[task] for task in self.tasks) + ")" if key == "score" else key
+            return f"synthetic test {name}", test[key], self.constant_baseline(joined.targets)[key]
         labels = mtl.read_annotations(os.path.join(self.args.data_dir, mtl.TEST_LABEL_FILE)).targets
         return "synthetic test P_MTL", test["p_mtl"], self.constant_baseline(labels)["p_mtl"]
 
     def constant_baseline(self, targets: np.ndarray) -> dict:
         """Scores of constant predictions on the same frames: training means for VA, the most frequent expression,
         every AU present (the constant with the highest F1 per AU, 2p/(1+p); predicting an AU absent scores 0)."""
-        train = mtl.read_annotations(os.path.join(self.args.data_dir, mtl.TRAIN_FILE)).targets
+        train = (self.train_annotations if self.per_video
+                 else mtl.read_annotations(os.path.join(self.args.data_dir, mtl.TRAIN_FILE))).targets
         va_mean = [train[train[:, i] != abaw.VA_MISSING, i].mean() for i in range(2)]
         expr_labels = train[:, abaw.LABEL_EXPR]
         expr_mode = np.bincount(expr_labels[expr_labels >= 0].astype(int), minlength=abaw.NUM_EXPR).argmax()
         n = len(targets)
-        return metrics.mtl_metrics(np.tile(va_mean, (n, 1)), np.full(n, expr_mode),
-                                   np.ones((n, abaw.NUM_AU), dtype=int), targets)
+        return self._scores((np.tile(va_mean, (n, 1)), np.full(n, expr_mode), np.ones((n, abaw.NUM_AU), dtype=int)),
+                            targets)
 
 
 
@@ -377,6 +542,14 @@ def check_mtl_output_flags(args, error) -> None:
               "--tune-au-thresholds, or 0.5)")
     if args.au_thresholds and not os.path.isfile(args.au_thresholds):
         error(f"--au-thresholds {args.au_thresholds}: no such file")
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """``--task``: mtl, or a comma list of va, expr, au."""
+    try:
+        return tracks.parse_tasks(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def read_au_thresholds(path: str) -> list[float]:

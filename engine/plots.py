@@ -61,19 +61,23 @@ def va_density_figure(va_pred, va_true):
     return figure
 
 
-def mtl_figures(task, outputs) -> dict:
+def mtl_figures(task, outputs, tasks=("va", "expr", "au")) -> dict:
+    """The validation figures of the given tasks: expression confusion, per-AU F1, VA density."""
     labels = task.val_annotations.targets
     va, expr, aus = task.decode(outputs)
     expr_true = labels[:, abaw.LABEL_EXPR]
     known = expr_true != abaw.EXPR_MISSING
     scores = metrics.mtl_metrics(va, expr, aus, labels)
-    confusion = metrics.confusion_matrix(expr[known], expr_true[known].astype(int), abaw.NUM_EXPR)
-    return {
-        "expr_confusion": confusion_figure(confusion, abaw.EXPR_NAMES,
-                                           f"expression (macro F1 {scores['f1_expr']:.3f})"),
-        "au_f1": au_f1_figure(scores["f1_per_au"], task.au_thresholds),
-        "va_density": va_density_figure(va, labels[:, abaw.LABEL_VA]),
-    }
+    figures = {}
+    if "expr" in tasks:
+        confusion = metrics.confusion_matrix(expr[known], expr_true[known].astype(int), abaw.NUM_EXPR)
+        figures["expr_confusion"] = confusion_figure(confusion, abaw.EXPR_NAMES,
+                                                     f"expression (macro F1 {scores['f1_expr']:.3f})")
+    if "au" in tasks:
+        figures["au_f1"] = au_f1_figure(scores["f1_per_au"], task.au_thresholds)
+    if "va" in tasks:
+        figures["va_density"] = va_density_figure(va, labels[:, abaw.LABEL_VA])
+    return figures
 
 
 def lsd_figures(task, outputs) -> dict:

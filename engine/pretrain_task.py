@@ -58,6 +58,7 @@ class PretrainTask:
     batch_size_help = "per-process batch size (default: %(default)s, as MAE's per-GPU batch)"
     output_width = 2  # per image: reconstruction loss, and the loss of predicting each patch's mean
     selection = Selection({"loss": "loss"}, minimise=("loss",))
+    ensembles = False  # --eval scores one checkpoint
 
     def __init__(self, args):
         self.args = args
@@ -273,6 +274,15 @@ class PretrainTask:
 
     def checkpoint_extras(self) -> dict:
         return {}
+
+    def ensemble_space(self, outputs):  # never averaged (ensembles is False): the interface's identity
+        return np.asarray(outputs, dtype=np.float64)
+
+    def output_space(self, values):
+        return values
+
+    def use_ensemble_settings(self, first_path, first_extras) -> None:
+        pass
 
     def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
         from engine import plots

@@ -16,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.evaluate import eval_loader, predict
-from engine.report import write_evaluation
+from engine.report import eval_loaders, member_score, predict_splits, write_evaluation, write_members
 from engine.runtime import (
     Optimisation,
     build_optimisation,
@@ -29,7 +29,7 @@ from engine.runtime import (
     seed_everything,
     unwrap,
 )
-from engine.tasks import make_task
+from engine.tasks import TASKS, make_task, task_class
 from engine.train import LoopConfig, TrainState, train_one_epoch
 from models import build_model
 from models.weights import load_exactly, strip_prefix
@@ -328,16 +328,41 @@ def _gather_rng() -> list:
 
 def evaluate_only(args):
     """``--eval``: a checkpoint (this project's or the authors' released files) to metrics and submission files.
-    Returns the task."""
+    Several ``--ckpt`` files are an ensemble: each member is loaded with its own model and input size, predicts
+    validation and the test list, and is freed before the next; the files come from the mean of their outputs in
+    the task's ensemble space (``engine.report``). Returns the task."""
+    stage = task_class(args.track)
+    if args.ckpt and len(args.ckpt) > 1 and not stage.ensembles:
+        able = " and ".join(task.prog for task in TASKS.values() if task.ensembles)
+        raise UserError(f"{stage.prog} --eval takes one --ckpt, got {len(args.ckpt)}; ensembles are supported by "
+                        f"{able}")
     device, task, dtype = start_run(args, per_rank_seed=False)
-    path = args.ckpt or _default_eval_checkpoint(args, task)
-    model = task.load_for_eval(path)
-    model.to(device)
-    choose_attention_kernel(model, device, dtype)
-    log(f"evaluating {path}; {describe_precision(args.precision, dtype, device)}")
+    paths = args.ckpt or [_default_eval_checkpoint(args, task)]
     autocast = make_autocast(device, dtype)
-    write_evaluation(task, model, args, device, autocast, checkpoint_path=path)
-    save_epoch_figures(task, model, device, autocast, args.output_dir, None, None)
+    loaders, members, scores, first_extras = None, [], [], {}
+    for index, path in enumerate(paths):
+        model = task.load_for_eval(path)
+        if index == 0:
+            first_extras = task.checkpoint_extras()
+        model.to(device)
+        choose_attention_kernel(model, device, dtype)
+        member = f" (member {index + 1} of {len(paths)})" if len(paths) > 1 else ""
+        log(f"evaluating {path}{member}; {describe_precision(args.precision, dtype, device)}")
+        if loaders is None:  # after the first checkpoint is loaded, which may decide the splits (temporal features)
+            loaders = eval_loaders(task, args, device)
+        predictions = predict_splits(task, model, loaders, args, device, autocast)
+        if index == 0:
+            save_epoch_figures(task, model, device, autocast, args.output_dir, None, None)
+        del model  # before the next member is loaded
+        if len(paths) > 1 and dist.is_main():  # scored now, with the settings its own checkpoint brought
+            scores.append(member_score(task, predictions))
+            log(f"member {index + 1} ({path}): validation {task.selection.metrics[task.selection.main]} "
+                f"{'none' if scores[-1] is None else f'{scores[-1]:.4f}'}")
+        members.append(predictions)
+    if len(paths) > 1:
+        task.use_ensemble_settings(paths[0], first_extras)
+    if dist.is_main():
+        write_members(task, args, members, paths, scores)
     dist.cleanup()
     return task
 

@@ -3,13 +3,15 @@
 MTL: header ``image,valence,arousal,expression,aus``, then ``<image>,<V>,<A>,<expr 0..7>,<12 AUs as 0/1>`` per listed
 image in list order (16 fields under a 5-field header), VA clipped to [-1, 1].
 LSD: header ``image,expression``, then ``<name>,<class 0..5>`` per listed image in list order.
+Single-task tracks (ABAW2-8), one file per task: header ``image_location,<the task's columns>``, then
+``<video>/<frame>.jpg,<V>,<A>`` (VA), ``...,<class 0..7>`` (EXPR) or ``...,<12 AUs as 0/1>`` (AU).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from datasets import lsd, mtl
+from datasets import lsd, mtl, tracks
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
 
@@ -82,3 +84,41 @@ def check_lsd_file(path: str, images) -> None:
         name, _, label = row.rpartition(",")
         if name != image or label not in valid:
             raise RuntimeError(f"{path}, line {number}: expected '{image},<0..5>', got {row!r}")
+
+
+def write_track_predictions(path: str, task: str, images, values: np.ndarray) -> None:
+    """Write a single-task prediction file (``task`` va, expr or au; ``values`` (N, 2) VA, (N,) class indices or
+    (N, 12) AU decisions) and check it."""
+    images = [str(image) for image in images]
+    values = np.asarray(values)
+    if len(images) != len(values):
+        raise ValueError("images and predictions differ in length")
+    if task == "va":
+        values = np.clip(values.astype(np.float64), -1.0, 1.0)
+        if np.isnan(values).any():
+            raise ValueError("valence/arousal predictions contain NaN")
+        rows = [f"{v:.6f},{a:.6f}" for v, a in values]
+    elif task == "expr":
+        rows = [str(int(c)) for c in values]
+    else:
+        rows = [",".join(str(int(x)) for x in au) for au in values]
+    _write_lines(path, [tracks.SUBMISSION_HEADERS[task]] + [f"{image},{row}" for image, row in zip(images, rows)])
+    check_track_file(path, task, images)
+
+
+def check_track_file(path: str, task: str, images) -> None:
+    """Re-read a single-task prediction file and verify it against the list it was made for."""
+    rows = _read_rows(path, tracks.SUBMISSION_HEADERS[task], images)
+    width = 1 + tracks.WIDTHS[task]
+    for number, (row, image) in enumerate(zip(rows[1:], images), start=2):
+        fields = row.split(",")
+        if len(fields) != width or fields[0] != image:
+            raise RuntimeError(f"{path}, line {number}: expected {width} fields starting with {image!r}, got {row!r}")
+        if task == "va":
+            if not all(-1.0 <= float(x) <= 1.0 for x in fields[1:]):
+                raise RuntimeError(f"{path}, line {number}: VA out of [-1, 1]")
+        elif task == "expr":
+            if fields[1] not in {str(i) for i in range(8)}:
+                raise RuntimeError(f"{path}, line {number}: expression out of 0..7")
+        elif any(x not in ("0", "1") for x in fields[1:]):
+            raise RuntimeError(f"{path}, line {number}: AU field not 0/1")

@@ -159,11 +159,26 @@ class Task(Protocol):
     def checkpoint_extras(self) -> dict:
         """Plain values a checkpoint carries for evaluation besides the weights (e.g. AU thresholds)."""
 
+    # ---- ensembles: ``--eval --ckpt A B ...`` averages the members' outputs before post-processing
+    ensembles: ClassVar[bool]  # whether --eval takes several --ckpt files (False: one)
+
+    def ensemble_space(self, outputs: np.ndarray) -> np.ndarray:
+        """Output rows -> the float64 values that members average (probabilities where the outputs are logits)."""
+
+    def output_space(self, values: np.ndarray) -> np.ndarray:
+        """Averaged values -> output rows in the layout the rest reads (post-processing, decoding, the writers).
+        Every evaluation, of one model too, passes through ``output_space(ensemble_space(...))``, so that one
+        checkpoint given twice writes the bytes it writes alone."""
+
+    def use_ensemble_settings(self, first_path: str, first_extras: dict) -> None:
+        """After every member of an ensemble is loaded (each :meth:`load_for_eval` sets its checkpoint's settings):
+        the settings the ensemble evaluates with; ``first_extras`` is the first member's :meth:`checkpoint_extras`."""
+
     def write_outputs(self, out_dir: str, val_outputs: np.ndarray | None, test_outputs: np.ndarray | None,
-                      test_seen: np.ndarray | None, checkpoint_path: str | None) -> dict:
+                      test_seen: np.ndarray | None, checkpoint_path: str | list[str] | None) -> dict:
         """Rank 0, after training and in ``--eval``: post-process, write ``val_metrics.json``,
         ``val_predictions.txt``, ``test_predictions.txt`` (and ``test_metrics.json`` where test labels exist) and
-        the figures; returns the validation metrics."""
+        the figures; returns the validation metrics. ``checkpoint_path``: the members' paths for an ensemble."""
 
     def epoch_figures(self, model, device: torch.device, autocast) -> dict:
         """Rank 0, after each epoch's validation and in ``--eval``: figures of the model's work worth looking at as
@@ -202,6 +217,15 @@ def check_model_flags(config: dict, args, path: str, flags: dict = MODEL_FLAGS, 
                         f"those flags, the model is rebuilt from the checkpoint")
 
 
+def single_test_list(args) -> str | None:
+    """The one ``--test-list`` file of a track with one test list (None when not given)."""
+    if not args.test_list:
+        return None
+    if len(args.test_list) > 1:
+        raise UserError(f"this track has one test list; got {len(args.test_list)} --test-list files")
+    return args.test_list[0]
+
+
 def require_present(images, present, root: str, allow_missing: bool) -> None:
     """A test list naming absent images is an error, unless ``--allow-missing`` (the rows are filled later)."""
     missing = images[~present]
@@ -234,8 +258,8 @@ def fill_unpredicted(outputs: np.ndarray, seen: np.ndarray, names, stand_in, fil
 
 class ImageTask:
     """What the stages over face images share: uint8 image batches, normalised and resized on the device, and the
-    files of an evaluation, written through the hooks below (``val_names``, ``test_names``, ``write_predictions``,
-    ``fill_test``, ``test_metrics``, ``figures``, and optionally ``postprocess``)."""
+    files of an evaluation, written through the hooks below (``val_names``, ``test_names``, ``write_predictions`` or
+    ``write_split_predictions``, ``fill_test``, ``test_metrics``, ``figures``, and optionally ``postprocess``)."""
 
     def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
         test_names = self.test_names() if test_outputs is not None else None
@@ -243,12 +267,11 @@ class ImageTask:
                                                              checkpoint_path)
         val = {**self.val_metrics(val_outputs), **report}
         write_metrics(out_dir, "val", val)
-        self.write_predictions(os.path.join(out_dir, "val_predictions.txt"), self.val_names(), val_outputs)
+        self.write_split_predictions(out_dir, "val", self.val_names(), val_outputs)
         if test_outputs is not None:
             test_outputs = self.fill_test(test_outputs, test_seen)
-            path = os.path.join(out_dir, "test_predictions.txt")
-            self.write_predictions(path, test_names, test_outputs)
-            log(f"wrote {path} ({len(test_outputs)} rows)")
+            for path, rows in self.write_split_predictions(out_dir, "test", test_names, test_outputs):
+                log(f"wrote {path} ({rows} rows)")
             test = self.test_metrics(test_outputs, test_names)
             if test is not None:
                 write_metrics(out_dir, "test", test)
@@ -267,9 +290,26 @@ class ImageTask:
     def epoch_figures(self, model, device, autocast) -> dict:
         return {}
 
+    def write_split_predictions(self, out_dir: str, split: str, names, outputs) -> list[tuple[str, int]]:
+        """Write a split's prediction file(s) (``<split>_predictions.txt`` by default); returns (path, rows) each."""
+        path = os.path.join(out_dir, f"{split}_predictions.txt")
+        self.write_predictions(path, names, outputs)
+        return [(path, len(outputs))]
+
     def postprocess(self, out_dir, val_outputs, test_outputs, test_names, checkpoint_path):
         """Outputs -> (validation outputs, test outputs, extra entries of val_metrics.json); by default unchanged."""
         return val_outputs, test_outputs, {}
+
+    ensembles: ClassVar[bool] = True
+
+    def ensemble_space(self, outputs):
+        return np.asarray(outputs, dtype=np.float64)
+
+    def output_space(self, values):
+        return values
+
+    def use_ensemble_settings(self, first_path, first_extras) -> None:
+        pass
 
     def eval_collate(self, samples):
         from datasets.images import collate_uint8
@@ -280,6 +320,29 @@ class ImageTask:
         from datasets.transforms import BatchTransform
 
         return BatchTransform(img_size)
+
+
+# Probabilities are kept this far from 0 and 1 before their logarithm: finite log-probabilities and logits.
+PROBABILITY_FLOOR = 1e-12
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, in float64."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(1, keepdims=True)
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Class probabilities -> log-probabilities, which argmax and a softmax read as they read logits."""
+    return np.log(np.clip(probabilities, PROBABILITY_FLOOR, 1.0))
+
+
+def logits_of(probabilities: np.ndarray) -> np.ndarray:
+    """Sigmoid probabilities -> their logits, log(p) - log(1 - p)."""
+    clipped = np.clip(probabilities, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
+    return np.log(clipped) - np.log1p(-clipped)
 
 
 def write_metrics(out_dir: str, split: str, values: dict) -> None:

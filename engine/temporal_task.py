@@ -55,6 +55,7 @@ class TemporalTask(MTLTask):
     demo_data = dict(MTLTask.demo_data, root="mtl")  # the MTL demo's data set
     batch_size_help = "windows per process and batch (default: %(default)s)"
     selection = Selection({"mtl": "p_mtl", "va": "va", "expr": "f1_expr", "au": "f1_au"})
+    ensembles = False  # a checkpoint brings its own backbone's features: --eval takes one
     model_flags = dict(kind="temporal", width="width", layers="layers", heads="heads", positions="positions",
                        kernel="tcn_kernel")
     saved_model_defaults = {}

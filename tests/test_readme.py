@@ -104,6 +104,8 @@ def test_readme_commands_run_in_order(tmp_path):
     assert (tmp_path / "runs" / "synth_emma_eval" / "test_predictions.txt").is_file()
     assert (tmp_path / "runs" / "demo_mtl" / "test_metrics.json").is_file()
     assert (tmp_path / "runs" / "demo_mtl_mae" / "test_metrics.json").is_file()  # fine-tuned from the MAE demo
+    for task in ("va", "expr", "au"):  # the per-video tracks' demo-sized run and its --eval
+        assert (tmp_path / "runs" / "demo_tracks_eval" / f"test_predictions_{task}.txt").is_file()
     temporal = json.loads((tmp_path / "runs" / "demo_temporal" / "test_metrics.json").read_text())
     assert {"p_mtl", "frame_p_mtl", "frame_p_mtl_smoothed"} <= set(temporal)  # over the MTL demo's backbone
 
