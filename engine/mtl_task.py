@@ -91,15 +91,7 @@ class MTLTask(ImageTask):
         groups["optim"].add_argument(
             "--va-lr", "--va_lr", type=non_negative_float, default=1e-4,
             help="constant learning rate of the VA head, as the reference's separate Adam (default: %(default)s)")
-        groups["data"].add_argument(
-            "--task", type=task_list, default=("mtl",), metavar="{mtl,va,expr,au}[,...]",
-            help="mtl: the ABAW4 MTL files; va, expr, au, or a comma list such as va,expr,au: the per-video "
-                 "annotation files of the single-task tracks (ABAW2-8), joined per frame so that one EMMA trains on "
-                 "all of them (default: mtl)")
-        groups["data"].add_argument(
-            "--annotation-dir", metavar="DIR",
-            help="with per-video tasks: the folder holding VA_Estimation_Challenge, EXPR_Classification_Challenge "
-                 "(or EXPR_Recognition_Challenge) and AU_Detection_Challenge, at any depth (default: --data-dir)")
+        add_task_flags(groups)
         groups["data"].add_argument(
             "--folds", type=positive_int, default=1, metavar="K",
             help="with --fold: split the training videos into K folds (by a hash of the video name) and train on all "
@@ -117,20 +109,7 @@ class MTLTask(ImageTask):
     def check_flags(args, error) -> None:
         if (args.folds > 1) != (args.fold is not None) or (args.fold is not None and args.fold >= args.folds):
             error(f"--folds {args.folds} needs --fold k with 0 <= k < {args.folds} (and --fold needs --folds > 1)")
-        if tuple(args.task) == ("mtl",):
-            if args.annotation_dir:
-                error("--annotation-dir applies to the per-video tasks (--task va, expr, au or a list of them)")
-            if args.test_list and len(args.test_list) > 1:
-                error("--task mtl has one test list; several --test-list files are for the per-video tasks")
-        else:
-            if args.annotation_dir and not os.path.isdir(args.annotation_dir):
-                error(f"--annotation-dir {args.annotation_dir}: no such folder")
-            try:
-                listed = [tracks.test_list_task(item, args.task)[0] for item in args.test_list or ()]
-            except UserError as err:
-                error(str(err))
-            if len(set(listed)) != len(listed):
-                error("--test-list: give one test list per task")
+        check_task_flags(args, error)
         check_mtl_output_flags(args, error)
 
     # ---- data
@@ -400,15 +379,15 @@ class MTLTask(ImageTask):
         targets = self.test_targets(images)
         return None if targets is None else metrics.mtl_metrics(*self.decode(outputs), targets)
 
-    def _per_video_test_metrics(self, outputs: np.ndarray) -> dict | None:
+    def _per_video_test_metrics(self, outputs: np.ndarray, thresholds=None) -> dict | None:
         """Scores of each task's test list (every listed frame, filled ones included) where ``Test_Set`` label files
-        exist (the synthetic sets have them); None otherwise."""
+        exist (the synthetic sets have them); None otherwise. ``thresholds``: AU thresholds other than the task's."""
         joined = tracks.join_split(self.challenge_dirs, "test")
         frames = self._test_frames
         if joined is None or not set(frames.lists) <= set(joined.tasks):
             return None
         row_of = {name: row for row, name in enumerate(joined.names())}
-        decoded = self.decode(outputs)
+        decoded = self.decode(outputs, thresholds)
         result = {}
         for task in self.tasks:
             if task not in frames.lists:
@@ -512,6 +491,37 @@ class MTLTask(ImageTask):
         return self._scores((np.tile(va_mean, (n, 1)), np.full(n, expr_mode), np.ones((n, abaw.NUM_AU), dtype=int)),
                             targets)
 
+
+
+def add_task_flags(groups) -> None:
+    """Which annotation files give the labels: the ABAW4 MTL files or the per-video single-task tracks (shared by
+    ``main_temporal.py``)."""
+    groups["data"].add_argument(
+        "--task", type=task_list, default=("mtl",), metavar="{mtl,va,expr,au}[,...]",
+        help="mtl: the ABAW4 MTL files; va, expr, au, or a comma list such as va,expr,au: the per-video annotation "
+             "files of the single-task tracks (ABAW2-8), joined per frame so that one model trains on all of them "
+             "(default: mtl)")
+    groups["data"].add_argument(
+        "--annotation-dir", metavar="DIR",
+        help="with per-video tasks: the folder holding VA_Estimation_Challenge, EXPR_Classification_Challenge (or "
+             "EXPR_Recognition_Challenge) and AU_Detection_Challenge, at any depth (default: --data-dir)")
+
+
+def check_task_flags(args, error) -> None:
+    if tuple(args.task) == ("mtl",):
+        if args.annotation_dir:
+            error("--annotation-dir applies to the per-video tasks (--task va, expr, au or a list of them)")
+        if args.test_list and len(args.test_list) > 1:
+            error("--task mtl has one test list; several --test-list files are for the per-video tasks")
+        return
+    if args.annotation_dir and not os.path.isdir(args.annotation_dir):
+        error(f"--annotation-dir {args.annotation_dir}: no such folder")
+    try:
+        listed = [tracks.test_list_task(item, args.task)[0] for item in args.test_list or ()]
+    except UserError as err:
+        error(str(err))
+    if len(set(listed)) != len(listed):
+        error("--test-list: give one test list per task")
 
 
 def add_mtl_output_flags(groups) -> None:

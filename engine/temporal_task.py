@@ -1,5 +1,6 @@
-"""The temporal stage: a sequence model over per-frame features of a frozen backbone, on the ABAW4 MTL track (the
-:class:`engine.task.Task` of ``main_temporal.py``).
+"""The temporal stage: a sequence model over per-frame features of a frozen backbone, on the ABAW4 MTL track or the
+per-video single-task tracks (``--task``, as ``main_mtl.py``: e.g. ``--task expr`` trains the expression head alone
+on the EXPR track, over EMMA, CoTEX or MAE features) (the :class:`engine.task.Task` of ``main_temporal.py``).
 
 The backbone (``--backbone-ckpt``: an EMMA, CoTEX or MAE checkpoint of this project) is run once over the train,
 validation and test frames (``engine.features``: cached by a content key). The temporal model (``models.temporal``)
@@ -22,7 +23,7 @@ from datasets import mtl
 from datasets.temporal import TrainWindows, WindowAugment, WindowSet, collate_windows
 from engine import features as feature_store
 from engine.cli import positive_int, ratio
-from engine.mtl_task import MTLTask, add_mtl_output_flags, check_mtl_output_flags
+from engine.mtl_task import MTLTask, add_mtl_output_flags, add_task_flags, check_mtl_output_flags, check_task_flags
 from engine.task import Selection, model_from_checkpoint, write_metrics
 from utils import abaw, dist, metrics
 from utils.errors import UserError
@@ -109,6 +110,7 @@ class TemporalTask(MTLTask):
                            help="position embedding of the transformer (default: %(default)s)")
         model.add_argument("--tcn-kernel", type=positive_int, default=5, metavar="K",
                            help="TCN kernel size, odd (default: %(default)s)")
+        add_task_flags(groups)
         add_mtl_output_flags(groups)
 
     @staticmethod
@@ -138,6 +140,7 @@ class TemporalTask(MTLTask):
         if args.stride and args.stride > args.window:
             error(f"--stride {args.stride} exceeds --window {args.window}: frames between windows would never be "
                   f"predicted")
+        check_task_flags(args, error)
         check_mtl_output_flags(args, error)
 
     @staticmethod
@@ -343,11 +346,14 @@ class TemporalTask(MTLTask):
         val_out, test_out = self.val_features.part("heads"), self.test_features.part("heads")
         val_labels = self.val_annotations.targets
         images = self._test[0]
-        test_labels = self.test_targets(images)
         if self.args.tune_au_thresholds:
             thresholds = metrics.tune_au_thresholds(abaw.au_probabilities(val_out), val_labels[:, abaw.LABEL_AU])[0]
         else:
             thresholds = list(self.backbone.checkpoint.get("au_thresholds") or self.au_thresholds)
+        if self.per_video:  # each task's score of the backbone's outputs on the frames of its test list
+            scores = self._per_video_test_metrics(test_out, thresholds) or {}
+            return {f"frame_{key}": value for key, value in scores.items() if isinstance(value, float)}
+        test_labels = self.test_targets(images)
         plain = metrics.mtl_metrics(*self.decode(test_out, thresholds), test_labels)
         videos, frames = mtl.video_and_frame(self.val_annotations.images)
         window, _ = metrics.choose_smoothing(val_out[:, abaw.OUT_VA], val_labels[:, abaw.LABEL_VA], videos, frames)

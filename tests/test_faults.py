@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_entry, run_torchrun
+from conftest import ROOT, TINY, run_entry, run_main, run_torchrun
 
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.errors import UserError
@@ -123,36 +123,37 @@ def test_disk_full_on_save_is_a_clear_error_and_keeps_the_previous_file(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left behind
 
 
-def test_unwritable_output_directory_is_a_one_line_error(mtl_data, tmp_path):
+def test_unwritable_output_directory_is_a_one_line_error(mtl_data, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    result = run_entry("main_mtl.py", "--data-dir", mtl_data, "--output-dir", blocker / "run", *TINY, check=False)
+    result = run_main(capsys, "main_mtl.py", "--data-dir", mtl_data, "--output-dir", blocker / "run", *TINY,
+                      check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot write to --output-dir" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 50, "truncated"])
-def test_truncated_or_garbage_checkpoint_is_a_one_line_error_naming_the_file(mtl_data, tmp_path, content):
+def test_truncated_or_garbage_checkpoint_is_a_one_line_error_naming_the_file(mtl_data, tmp_path, content, capsys):
     path = tmp_path / "bad.pth"
     if content == "truncated":
         torch.save({"model": {"w": torch.randn(1000)}}, path)
         content = path.read_bytes()[:2000]
     path.write_bytes(content)
-    result = run_entry("main_mtl.py", "--eval", "--ckpt", path, "--data-dir", mtl_data, "--output-dir",
+    result = run_main(capsys, "main_mtl.py", "--eval", "--ckpt", path, "--data-dir", mtl_data, "--output-dir",
                        tmp_path / "out", *TINY, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(path) in lines[-1] and "checkpoint" in lines[-1]
 
 
-def test_resume_from_a_truncated_last_checkpoint_is_a_one_line_error(mtl_data, tmp_path):
+def test_resume_from_a_truncated_last_checkpoint_is_a_one_line_error(mtl_data, tmp_path, capsys):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pth").write_bytes(b"\x50\x4b\x03\x04" + b"\x00" * 100)
-    result = run_entry("main_mtl.py", "--data-dir", mtl_data, "--output-dir", tmp_path, *TINY, check=False)
+    result = run_main(capsys, "main_mtl.py", "--data-dir", mtl_data, "--output-dir", tmp_path, *TINY, check=False)
     assert result.returncode == 2 and "last.pth" in result.stderr.strip().splitlines()[-1]
 
 
-def test_checkpoint_with_a_pickled_object_is_refused_and_its_code_never_runs(mtl_data, tmp_path):
+def test_checkpoint_with_a_pickled_object_is_refused_and_its_code_never_runs(mtl_data, tmp_path, capsys):
     marker = tmp_path / "code_ran"
 
     class Payload:
@@ -161,19 +162,19 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_its_code_never_runs(mtl
 
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.ones(1)}, "extra": Payload()}, path)
-    result = run_entry("main_mtl.py", "--eval", "--ckpt", path, "--data-dir", mtl_data, "--output-dir",
+    result = run_main(capsys, "main_mtl.py", "--eval", "--ckpt", path, "--data-dir", mtl_data, "--output-dir",
                        tmp_path / "out", *TINY, check=False)
     assert result.returncode == 2 and not marker.exists()
     assert "refused" in result.stderr and "system" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_checkpoint_of_another_size_lists_missing_unexpected_and_mismatched_keys(mtl_data, tmp_path):
+def test_checkpoint_of_another_size_lists_missing_unexpected_and_mismatched_keys(mtl_data, tmp_path, capsys):
     from models import build_model
 
     nano = build_model(dict(name="emma", vit_size="nano", img_size=32, patch_size=8, drop_path=0.0))
     path = tmp_path / "authors_format.pth"
     torch.save({"epoch": 3, "model": nano.state_dict()}, path)
-    result = run_entry("main_mtl.py", "--eval", "--ckpt", path, "--data-dir", mtl_data, "--output-dir",
+    result = run_main(capsys, "main_mtl.py", "--eval", "--ckpt", path, "--data-dir", mtl_data, "--output-dir",
                        tmp_path / "out", *TINY, "--vit", "tiny", check=False)  # a 4-block checkpoint, a 12-block model
     message = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and str(path) in message
@@ -186,7 +187,7 @@ def corrupt(path, kind):
     path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "text": b"not a jpeg"}[kind])
 
 
-def test_bad_training_images_are_skipped_counted_and_above_a_fraction_stop_the_run(mtl_data, tmp_path):
+def test_bad_training_images_are_skipped_counted_and_above_a_fraction_stop_the_run(mtl_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(mtl_data, data)
     train_rows = (data / "training_set_annotations.txt").read_text().splitlines()[1:]
@@ -194,16 +195,16 @@ def test_bad_training_images_are_skipped_counted_and_above_a_fraction_stop_the_r
     for image, kind in zip(images[:3], ("empty", "truncated", "text")):
         corrupt(image, kind)
     common = ["--data-dir", data, "--epochs", "1", *TINY]
-    result = run_entry("main_mtl.py", *common, "--output-dir", tmp_path / "ok", "--max-bad-images", "0.2")
+    result = run_main(capsys, "main_mtl.py", *common, "--output-dir", tmp_path / "ok", "--max-bad-images", "0.2")
     assert "undecodable training image" in result.stderr
     record = json.loads((tmp_path / "ok" / "log.jsonl").read_text().splitlines()[0])
     assert record["bad_images"] == 3
-    result = run_entry("main_mtl.py", *common, "--output-dir", tmp_path / "stop", "--max-bad-images", "0.01",
+    result = run_main(capsys, "main_mtl.py", *common, "--output-dir", tmp_path / "stop", "--max-bad-images", "0.01",
                        check=False)
     assert result.returncode == 2 and "could not be decoded" in result.stderr.strip().splitlines()[-1]
 
 
-def test_bad_test_image_is_an_error_naming_it_unless_allow_missing(mtl_data, tmp_path):
+def test_bad_test_image_is_an_error_naming_it_unless_allow_missing(mtl_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(mtl_data, data)
     test_images = (data / "MTL_Challenge_test_set_release.txt").read_text().splitlines()[1:]
@@ -215,13 +216,13 @@ def test_bad_test_image_is_an_error_naming_it_unless_allow_missing(mtl_data, tmp
     ckpt = tmp_path / "model.pth"
     torch.save({"epoch": 1, "model": model.state_dict()}, ckpt)
     flags = ["--eval", "--ckpt", ckpt, "--data-dir", data, *TINY]
-    result = run_entry("main_mtl.py", *flags, "--output-dir", tmp_path / "strict", check=False)
+    result = run_main(capsys, "main_mtl.py", *flags, "--output-dir", tmp_path / "strict", check=False)
     assert result.returncode == 2 and test_images[2] in result.stderr.strip().splitlines()[-1]
     os.symlink(data / "cropped_aligned" / test_images[0], data / "cropped_aligned" / test_images[2])
-    result = run_entry("main_mtl.py", *flags, "--output-dir", tmp_path / "strict2", check=False)
+    result = run_main(capsys, "main_mtl.py", *flags, "--output-dir", tmp_path / "strict2", check=False)
     assert result.returncode == 2 and test_images[1] in result.stderr.strip().splitlines()[-1]
     os.remove(data / "cropped_aligned" / test_images[2])
-    result = run_entry("main_mtl.py", *flags, "--output-dir", tmp_path / "filled", "--allow-missing")
+    result = run_main(capsys, "main_mtl.py", *flags, "--output-dir", tmp_path / "filled", "--allow-missing")
     assert test_images[1] in result.stderr and test_images[2] in result.stderr
     rows = (tmp_path / "filled" / "test_predictions.txt").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == test_images

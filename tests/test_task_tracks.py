@@ -170,3 +170,22 @@ def test_one_and_two_processes_write_identical_files(tracks_run, tracks_data, tm
     assert len(names) == 6
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_the_temporal_stage_trains_on_the_tracks_over_the_tracks_backbone(tracks_run, tracks_data, tmp_path):
+    out = tmp_path / "temporal"
+    main("temporal", "", ["--task", "expr", "--data-dir", str(tracks_data), "--backbone-ckpt",
+                          str(tracks_run / "checkpoints" / "best_score.pth"), "--output-dir", str(out), "--epochs", "1",
+                          "--window", "8", "--width", "16", "--layers", "1", "--heads", "2", "--batch-size", "4",
+                          "--warmup-epochs", "0", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
+                          "--extract-batch-size", "8"])
+    assert sorted(path.name for path in out.glob("*_predictions*")) == ["test_predictions_expr.txt",
+                                                                       "val_predictions_expr.txt"]
+    test = json.loads((out / "test_metrics.json").read_text())
+    # the backbone's own expression outputs on the same listed frames, scored the same way
+    _, rows = read_rows(tracks_run / "test_predictions_expr.txt")
+    labels = label_lines(tracks_data, "expr", "Test_Set")
+    true = [labels[row[0]][0] for row in rows]
+    backbone_f1 = f1_score(true, [int(row[1]) for row in rows], labels=range(8), average="macro", zero_division=0)
+    assert test["frame_f1_expr"] == pytest.approx(backbone_f1, abs=1e-6)
+    assert set(test) >= {"f1_expr", "acc_expr", "frame_f1_expr"} and "va" not in test
