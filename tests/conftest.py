@@ -77,6 +77,22 @@ def run_main(capsys, script, *args, check=True):
     return result
 
 
+def one_and_two_processes(script, args, one, two):
+    """Run an entry point in this process on one torch thread (as each torchrun process, OMP_NUM_THREADS=1) writing
+    to ``one``, then in 2 gloo processes writing to ``two``, for a comparison of their files."""
+    import torch
+
+    from engine.entry import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(ENTRY_TRACKS[script], "", [str(arg) for arg in args] + ["--output-dir", str(one)])
+    finally:
+        torch.set_num_threads(threads)
+    run_torchrun(2, script, *args, "--output-dir", two)
+
+
 def run_torchrun(nproc, script, *args, extra=(), timeout=300, check=True):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,

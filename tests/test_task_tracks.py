@@ -8,8 +8,7 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY, run_torchrun
+from conftest import TINY, one_and_two_processes
 from sklearn.metrics import f1_score
 
 from datasets import synthetic
@@ -159,13 +158,7 @@ def test_bad_task_flags_are_one_line_errors(tracks_data, tmp_path, capsys):
 def test_one_and_two_processes_write_identical_files(tracks_run, tracks_data, tmp_path):
     common = ["--eval", "--task", "va,expr,au", "--ckpt", tracks_run / "checkpoints" / "best_score.pth", "--data-dir",
               tracks_data, "--num-workers", "0", "--device", "cpu", "--precision", "fp32", "--eval-batch-size", "4"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each of the two processes below (OMP_NUM_THREADS=1)
-    try:
-        main("mtl", "", [str(arg) for arg in common] + ["--output-dir", str(tmp_path / "one")])
-    finally:
-        torch.set_num_threads(threads)
-    run_torchrun(2, "main_mtl.py", *common, "--output-dir", tmp_path / "two")
+    one_and_two_processes("main_mtl.py", common, tmp_path / "one", tmp_path / "two")
     names = sorted(path.name for path in (tmp_path / "one").glob("*_predictions_*.txt"))
     assert len(names) == 6
     for name in names:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_torchrun
+from conftest import one_and_two_processes
 
 from datasets import mtl
 from datasets.temporal import TrainWindows, WindowAugment, WindowSet, video_runs, window_starts
@@ -279,13 +279,7 @@ def test_one_and_two_processes_write_identical_features_and_predictions(temporal
     common = ["--eval", "--ckpt", temporal_run / "checkpoints" / "best_mtl.pth", "--data-dir", mtl_data,
               "--num-workers", "0", "--device", "cpu", "--precision", "fp32", "--extract-batch-size", "8",
               "--eval-batch-size", "1"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each of the two processes below (OMP_NUM_THREADS=1)
-    try:
-        main("temporal", "", [str(arg) for arg in common] + ["--output-dir", str(tmp_path / "one")])
-    finally:
-        torch.set_num_threads(threads)
-    run_torchrun(2, "main_temporal.py", *common, "--output-dir", tmp_path / "two")
+    one_and_two_processes("main_temporal.py", common, tmp_path / "one", tmp_path / "two")
     for name in ("test_predictions.txt", "val_predictions.txt"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     for split in ("train", "val", "test"):  # --eval extracts val and test only; train exists in neither
