@@ -119,7 +119,15 @@ class MTLTask(ImageTask):
     @cached_property
     def challenge_dirs(self) -> dict[str, str]:
         """Per-video tasks: each task's challenge folder."""
-        return tracks.find_challenge_dirs([self.args.annotation_dir or self.args.data_dir], self.tasks)
+        try:
+            return tracks.find_challenge_dirs([self.args.annotation_dir or self.args.data_dir], self.tasks)
+        except UserError as err:
+            if self.args.demo and "data_dir" not in self.args.typed:
+                raise UserError(f"{err}. The demo's data set has the MTL layout; for --task {','.join(self.tasks)} "
+                                f"write the per-video one with python -m datasets.synthetic tracks "
+                                f"data/synth_tracks --videos 240 --frames 100 --size 64 and pass --data-dir "
+                                f"data/synth_tracks") from None
+            raise
 
     def _load_split(self, split: str) -> mtl.Annotations:
         if self.per_video:
