@@ -4,7 +4,6 @@ layout, its label codes, its agreement with the MTL set of the same seed, determ
 Files are read here with plain string handling, independently of the generator and the project's loaders.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import sys
 import pytest
 
 from datasets import synthetic
+from tests.test_synthetic import all_files
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,16 +26,6 @@ MISSING = {"VA": "-5,-5", "EXPR": "-1", "AU": ",".join(["-1"] * 12)}  # a line w
 VA_SAMPLE = "CVPR_6th_ABAW_VA_test_set_sample.txt"
 EXPR_SAMPLE = "CVPR_6th_ABAW_Expr_test_set_sample.txt"
 AU_TEST_NAMES = os.path.join("names_of_videos_in_each_test_set", "Action_Unit_Detection_Challenge_test_set_release.txt")
-
-
-def file_hashes(root):
-    hashes = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                hashes[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return hashes
 
 
 def read_lines(path):
@@ -96,9 +86,9 @@ def mtl_set(tmp_path_factory):
 
 def test_same_seed_writes_identical_bytes_whatever_the_worker_count(tmp_path, tracks_set):
     synthetic.generate_tracks(tmp_path, workers=2, progress=False, **PARAMS)
-    again = file_hashes(tmp_path)
+    again = all_files(tmp_path)
     assert len(again) > 12 * 12
-    assert again == file_hashes(tracks_set)
+    assert again == all_files(tracks_set)
 
 
 # layout and formats
@@ -150,7 +140,7 @@ def test_only_training_va_and_au_have_missing_codes_and_only_on_frames_with_a_cr
 def test_labels_equal_the_mtl_labels_of_the_same_frame(tracks_set, mtl_set):
     """Same videos and crops as the MTL set; on a frame with a crop, VA and AU are the MTL row's (missing codes
     included) and EXPR is the MTL label wherever the MTL set has one."""
-    assert file_hashes(tracks_set / "cropped_aligned") == file_hashes(mtl_set / "cropped_aligned")
+    assert all_files(tracks_set / "cropped_aligned") == all_files(mtl_set / "cropped_aligned")
     mtl = mtl_labels(mtl_set)
     compared = {"VA": 0, "EXPR": 0, "AU": 0}
     for (track, _), videos in annotation_files(tracks_set).items():
