@@ -20,6 +20,7 @@ with an image).
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 
@@ -286,6 +287,14 @@ class TestList:
     source: str
 
 
+def _list_header(path: str) -> tuple[bool, str | None]:
+    """(is a sample file, the task its header names or None) of a test list, from its first line."""
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        first = _fields(handle.readline())
+    sample = bool(first) and first[0].lower() == "image_location"
+    return sample, (_header_task(first[1:]) if sample and len(first) > 1 else None)
+
+
 def test_list_task(item: str, tasks) -> tuple[str, str, bool]:
     """(task, path, is a sample file) of a ``--test-list`` entry ``[TASK=]FILE``, from its prefix or its header; only
     the first line is read, so that a run checks its test lists before training."""
@@ -296,10 +305,7 @@ def test_list_task(item: str, tasks) -> tuple[str, str, bool]:
         task = task.strip().lower()
     if not os.path.isfile(path):
         raise UserError(f"test list not found: {path}")
-    with open(path, encoding="utf-8-sig", errors="replace") as handle:
-        first = _fields(handle.readline())
-    sample = bool(first) and first[0].lower() == "image_location"
-    named = _header_task(first[1:]) if sample and len(first) > 1 else None
+    sample, named = _list_header(path)
     if task is None and named is None:
         what = "its header does not say which task it lists" if sample else "is a list of video names"
         raise UserError(f"{path}: {what}; say which task it is for: --test-list va={path} (or expr=, au=)")
@@ -350,9 +356,7 @@ def find_test_lists(roots, tasks) -> list[str]:
             for name in sorted(files):
                 path, lowered = os.path.join(folder, name), name.lower()
                 if lowered.endswith("test_set_sample.txt"):
-                    header = _read_lines(path, "test list")[:1]
-                    fields = _fields(header[0]) if header else []
-                    task = _header_task(fields[1:]) if len(fields) > 1 else None
+                    task = _list_header(path)[1]
                     if task in tasks:
                         samples.setdefault(task, []).append(path)
                 elif lowered.endswith("_test_set_release.txt"):
@@ -391,6 +395,7 @@ def test_frames(lists: list[TestList], image_root: str) -> TestFrames:
                             f"{test_list.source}")
         by_task[test_list.task] = test_list
     listings: dict[str, dict[int, str]] = {}
+    numbers: dict[str, list[int]] = {}  # each video's frame numbers with an image, sorted
     order: dict[str, int] = {}
     images: list[str] = []
     rows, filled = {}, {}
@@ -401,6 +406,7 @@ def test_frames(lists: list[TestList], image_root: str) -> TestFrames:
             video, _, name = image.rpartition("/")
             if video not in listings:
                 listings[video] = frame_listing(image_root, video)
+                numbers[video] = sorted(listings[video])
             listing = listings[video]
             if not listing:
                 raise UserError(f"{test_list.source}: {image} has no image, and its video has no frame under "
@@ -409,7 +415,7 @@ def test_frames(lists: list[TestList], image_root: str) -> TestFrames:
             number = int(stem) if stem.isdigit() else None
             if number not in listing:
                 count += 1
-                number = min(listing, key=lambda other: (abs(other - (number or 0)), other))
+                number = _nearest(numbers[video], number or 0)
             source = f"{video}/{listing[number]}"
             if source not in order:
                 order[source] = len(images)
@@ -417,3 +423,10 @@ def test_frames(lists: list[TestList], image_root: str) -> TestFrames:
             task_rows[i] = order[source]
         rows[task], filled[task] = task_rows, count
     return TestFrames(np.array(images, dtype=object), rows, by_task, filled)
+
+
+def _nearest(sorted_numbers: list[int], number: int) -> int:
+    """The closest of the sorted frame numbers to ``number`` (the lower one of two equally close)."""
+    at = bisect.bisect_left(sorted_numbers, number)
+    candidates = sorted_numbers[max(at - 1, 0):at + 1]
+    return min(candidates, key=lambda other: (abs(other - number), other))

@@ -405,8 +405,7 @@ class MTLTask(ImageTask):
             targets[:, abaw.LABEL_VA] = abaw.VA_MISSING
             found = np.array([row_of.get(name, -1) for name in test_list.images])
             targets[found >= 0, tracks.LABELS[task]] = joined.targets[found[found >= 0], tracks.LABELS[task]]
-            scores = metrics.mtl_metrics(*(part[rows] for part in decoded), targets)
-            scores["va"] = (scores["ccc_v"] + scores["ccc_a"]) / 2
+            scores = self._scores(tuple(part[rows] for part in decoded), targets)
             result.update({key: scores[key] for key in TASK_KEYS[task]})
         if len(self.tasks) > 1 and len(frames.lists) == len(self.tasks):
             result = {"score": sum(result[TASK_METRIC[task]] for task in self.tasks), **result}
