@@ -124,6 +124,10 @@ def build_parser(track, description: str) -> OneLineParser:
          help="linear: the ViT's patchify layer, as the reference (MAE weights need it); hybrid: ResNet-18 stages "
               "down to the patch grid (patch 8, 16 or 32), the ViT paper's hybrid, which learns from scratch in far "
               "fewer steps (default: %(default)s)")
+    _add(model, "--bn-adapt", action=argparse.BooleanOptionalAction, default=False,
+         help="re-estimate the BatchNorm statistics of the hybrid patch embedding on the validation images (labels "
+              "unused; AdaBN) before each validation and evaluation, for a validation domain unlike training's, as "
+              "in the synthetic-data track; the checkpoints keep them (default: off)")
     _add(model, "--global-pool", action="store_true",
          help="average-pool the patch tokens (fc_norm) instead of the class token used by the reference")
     _add(model, "--drop-path", aliases=["--drop_path_rate", "--drop_path"], type=ratio, default=defaults["drop_path"],

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm import tqdm
 
 from datasets.images import collate_uint8
 from engine.task import to_device
 from utils import dist
+from utils.errors import UserError
 
 
 class ShardedBatches(Sampler):
@@ -71,3 +73,69 @@ def predict(task, model, loader, transform, autocast, device, desc: str = "predi
     outputs, seen = dist.gather_by_index(local_idx, local_out, total, allow_missing=allow_missing)
     assemble = getattr(loader.dataset, "assemble", None)
     return assemble(outputs, seen) if assemble is not None else (outputs, seen)
+
+
+def hybrid_stems(model) -> list:
+    """The model's hybrid patch embeddings (``models.vit.HybridStem``), the layers ``--bn-adapt`` acts on."""
+    from models.vit import HybridStem
+
+    return [module for module in model.modules() if isinstance(module, HybridStem)]
+
+
+# --bn-adapt reads at most this many images of a split, evenly spaced through it: enough for the mean and variance
+# of each channel, and a fixed cost per validation whatever the split's size.
+ADAPT_IMAGES = 1024
+
+
+def evenly_spaced(count: int, limit: int) -> list[int]:
+    """``min(count, limit)`` distinct indices of ``range(count)``, evenly spaced from the first to the last."""
+    if count <= limit:
+        return list(range(count))
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64)).tolist()
+
+
+@torch.no_grad()
+def adapt_batchnorm(model, dataset, transform, batch_size: int, num_workers: int, device, autocast,
+                    collate=collate_uint8, max_images: int | None = None) -> int:
+    """AdaBN (Li et al., 2016, "Revisiting batch normalization for practical domain adaptation"): replace the running
+    statistics of the BatchNorm layers of the model's hybrid stems with those of ``dataset``'s images (labels unused),
+    so that a model trained on one domain normalises another domain's features by that domain's statistics.
+
+    Each stem sees the split's images in order (``max_images`` of them, evenly spaced, when the split has more), in
+    batches of ``batch_size``, with its BatchNorm layers in training mode and a cumulative average
+    (``momentum=None``); only the stems run, not the rest of the model. Every rank reads the same images, so the
+    statistics are the same on every rank and for any number of processes. Returns the number of images used.
+    """
+    if max_images is not None and len(dataset) > max_images:
+        dataset = Subset(dataset, evenly_spaced(len(dataset), max_images))
+    stems = hybrid_stems(model)
+    norms = [m for stem in stems for m in stem.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    modes = [stem.training for stem in stems]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    # A generator of its own: the loader's base seed must not come from (and advance) the training's random state.
+    loader = DataLoader(dataset, batch_sampler=ShardedBatches(len(dataset), batch_size, 0, 1), collate_fn=collate,
+                        num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator())
+    seen = 0
+    try:
+        for stem in stems:
+            stem.train()
+        for images, *_ in tqdm(loader, desc="adapt BatchNorm", unit="batch", disable=not dist.is_main(),
+                               leave=False, dynamic_ncols=True):
+            if images is None:
+                continue
+            x = transform(to_device(images, device))
+            with autocast():
+                for stem in stems:
+                    stem(x)
+            seen += len(x)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        for stem, mode in zip(stems, modes):
+            stem.train(mode)
+    if seen == 0:
+        raise UserError("--bn-adapt: no image of the validation split could be read")
+    return seen

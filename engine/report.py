@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.evaluate import eval_loader, predict
+from engine.evaluate import ADAPT_IMAGES, adapt_batchnorm, eval_loader, hybrid_stems, predict
 from utils import dist
+from utils.errors import UserError
 from utils.monitor import log, write_json
 
 
@@ -49,6 +50,8 @@ def predict_splits(task, model, loaders: tuple, args, device, autocast, val_outp
     own input size; ``val_outputs`` stand where there is no validation loader."""
     val_loader, test_loader = loaders
     transform = task.input_transform(model.config.get("img_size"))
+    if val_loader is not None and bn_adapt_applies(model, val_loader.dataset, args):
+        adapt_to_validation(task, model, val_loader.dataset, args, device, autocast, transform)
     if val_loader is not None:
         val_outputs, _ = predict(task, model, val_loader, transform, autocast, device, desc="validation")
     test_outputs = test_seen = None
@@ -56,6 +59,31 @@ def predict_splits(task, model, loaders: tuple, args, device, autocast, val_outp
         test_outputs, test_seen = predict(task, model, test_loader, transform, autocast, device, desc="test",
                                           allow_missing=args.allow_missing)
     return Predictions(val_outputs, test_outputs, test_seen)
+
+
+def bn_adapt_applies(model, val_set, args) -> bool:
+    """Whether ``--bn-adapt`` acts on this model: it needs a hybrid patch embedding and a validation split to adapt
+    it on. Typed without them, it is a one-line error; as a default (``--demo``), it is off for such a run."""
+    if not args.bn_adapt:
+        return False
+    if not hybrid_stems(model):
+        missing = ("--bn-adapt re-estimates the BatchNorm statistics of the hybrid patch embedding, and this model "
+                   "has none (it needs --patch-embed hybrid); drop --bn-adapt")
+    elif val_set is None:
+        missing = "--bn-adapt adapts the model to the validation images, and this run has no validation split"
+    else:
+        return True
+    if "bn_adapt" in args.typed:
+        raise UserError(missing)
+    return False
+
+
+def adapt_to_validation(task, model, val_set, args, device, autocast, transform) -> None:
+    """``--bn-adapt``: the hybrid stems' BatchNorm statistics from the validation images (at most ``ADAPT_IMAGES``,
+    evenly spaced; :func:`engine.evaluate.adapt_batchnorm`), the same on every rank."""
+    count = adapt_batchnorm(model, val_set, transform, args.eval_batch_size or 2 * args.batch_size, args.num_workers,
+                            device, autocast, task.eval_collate, max_images=ADAPT_IMAGES)
+    log(f"--bn-adapt: BatchNorm statistics of the hybrid patch embedding from {count} validation images")
 
 
 def average(task, outputs: list) -> np.ndarray | None:

@@ -16,7 +16,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.evaluate import eval_loader, predict
-from engine.report import eval_loaders, member_score, predict_splits, write_evaluation, write_members
+from engine.report import (
+    adapt_to_validation,
+    bn_adapt_applies,
+    eval_loaders,
+    member_score,
+    predict_splits,
+    write_evaluation,
+    write_members,
+)
 from engine.runtime import (
     Optimisation,
     build_optimisation,
@@ -125,6 +133,7 @@ def train(args):
     if checkpoint:
         task.check_model_flags(config, resume_path)
     model = build_model(config)
+    adapt_bn = bn_adapt_applies(model, val_set, args)
     if checkpoint:
         load_exactly(unwrap(model), strip_prefix(checkpoint["model"], "module."), resume_path,
                      f"{config['name']} model ({config.get('vit_size')})")
@@ -180,6 +189,8 @@ def train(args):
                 sys.exit(128 + getattr(stopper, "signum", signal.SIGTERM))
             outputs = None
             if val_loader is not None:
+                if adapt_bn:
+                    adapt_to_validation(task, unwrap(model), val_set, args, device, autocast, input_transform)
                 outputs, _ = predict(task, model, val_loader, input_transform, autocast, device, desc="validate")
             record, improved = _validate(task, outputs, stats, state, optimisation, best, monitor)
             if task.selection.main in improved:
@@ -350,6 +361,8 @@ def evaluate_only(args):
         log(f"evaluating {path}{member}; {describe_precision(args.precision, dtype, device)}")
         if loaders is None:  # after the first checkpoint is loaded, which may decide the splits (temporal features)
             loaders = eval_loaders(task, args, device)
+        if loaders[0] is None:
+            bn_adapt_applies(model, None, args)  # a typed --bn-adapt without a validation split is an error
         predictions = predict_splits(task, model, loaders, args, device, autocast)
         if index == 0:
             save_epoch_figures(task, model, device, autocast, args.output_dir, None, None)

@@ -84,7 +84,12 @@ PATCH_EMBEDS = ('linear', 'hybrid')
 _HYBRID_STAGES = {8: 2, 16: 3, 32: 4}  # patch size -> ResNet-18 stages whose total stride it is
 
 
-def hybrid_stem(patch_size: int, embed_dim: int) -> nn.Sequential:
+class HybridStem(nn.Sequential):
+    """The convolutional patch embedding of :func:`hybrid_stem`; its BatchNorm layers are the model's only statistics
+    of the input domain, which ``engine.evaluate.adapt_batchnorm`` can re-estimate on another domain's images."""
+
+
+def hybrid_stem(patch_size: int, embed_dim: int) -> HybridStem:
     """The ViT paper's hybrid patch embedding (Dosovitskiy et al., 2021, section 3.1): the first stages of a
     ResNet-18 (stem, then as many stages as make the patch size's stride), whose feature map's cells are the tokens,
     projected to the embedding width by a 1x1 convolution.
@@ -100,7 +105,7 @@ def hybrid_stem(patch_size: int, embed_dim: int) -> nn.Sequential:
                                                                      range(1, stages + 1)]
     # Channels-last, the layout of the batches it sees: a convolution's weight gradient comes in its input's layout,
     # and under DDP a parameter of another layout costs a copy of its gradient at every step.
-    stem = nn.Sequential(*layers, nn.Conv2d(64 << (stages - 1), embed_dim, kernel_size=1))
+    stem = HybridStem(*layers, nn.Conv2d(64 << (stages - 1), embed_dim, kernel_size=1))
     return stem.to(memory_format=torch.channels_last)
 
 

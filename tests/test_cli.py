@@ -23,8 +23,10 @@ def full_size_demo(monkeypatch):
     ("mtl", ["--epochs", "30"], {"epochs": 30}),  # 30 is also the parser's default
     # linear is also the parser's default; a patchify demo trains its own number of epochs
     ("mtl", ["--patch-embed", "linear"], {"patch_embed": "linear", "epochs": demo.PATCHIFY_RUN["epochs"]}),
+    # MAE weights fit the patchify layer, which has no BatchNorm to adapt
     ("lsd", ["--mae-ckpt", "a.pth"], {"mae_ckpt": ["a.pth"], "patch_embed": "linear",
-                                      "epochs": demo.PATCHIFY_RUN["epochs"]}),  # MAE weights fit the patchify layer
+                                      "epochs": demo.PATCHIFY_RUN["epochs"], "bn_adapt": False}),
+    ("lsd", ["--no-bn-adapt"], {"bn_adapt": False}),
     ("mtl", ["--mae-ckpt", "a.pth", "--epochs", "2"], {"mae_ckpt": ["a.pth"], "patch_embed": "linear", "epochs": 2}),
     ("mtl", ["--batch-size", "100"], {"batch_size": 100}),  # 100 is also the parser's default
     ("lsd", ["--batch-size", "64"], {"batch_size": 64}),

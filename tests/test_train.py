@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -175,7 +176,7 @@ def test_bad_flag_values_give_one_line_and_exit_code_2(script, flags, words, cap
 @pytest.mark.dist
 def test_two_gloo_processes_train_and_count_the_world_in_the_lr(mtl_data, tmp_path):
     result = run_torchrun(2, "main_mtl.py", "--data-dir", mtl_data, "--output-dir", tmp_path, "--epochs", "1", *TINY,
-                          "--patch-embed", "hybrid")
+                          "--patch-embed", "hybrid", "--bn-adapt")
     # every parameter DDP buckets is in the layout its gradient comes in (no extra copy per step)
     assert "Grad strides do not match" not in result.stderr + result.stdout
     args = json.loads((tmp_path / "args.json").read_text())
@@ -185,7 +186,25 @@ def test_two_gloo_processes_train_and_count_the_world_in_the_lr(mtl_data, tmp_pa
     assert checkpoint["epoch"] == 0 and len(checkpoint["rng"]) == 2
     from models import build_model
 
-    build_model(checkpoint["model_config"]).load_state_dict(checkpoint["model"])
+    model = build_model(checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model"])
+
+    # --bn-adapt: each rank read the whole validation split, so the statistics are what one process computes
+    from datasets.transforms import BatchTransform
+    from engine.cli import parse_args
+    from engine.evaluate import adapt_batchnorm
+    from engine.tasks import make_task
+
+    task = make_task(parse_args("mtl", "", ["--data-dir", str(mtl_data), *TINY, "--patch-embed", "hybrid"]))
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same sums in the same order
+    try:
+        adapt_batchnorm(model, task.val_split(), BatchTransform(32), 16, 0, torch.device("cpu"), nullcontext,
+                        task.eval_collate)
+    finally:
+        torch.set_num_threads(threads)
+    assert saved and all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
 
 
 def test_eval_writes_the_same_files_as_training_from_the_best_checkpoint(mtl_run, mtl_data, tmp_path):
