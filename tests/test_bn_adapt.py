@@ -82,8 +82,8 @@ def adapted_runs(lsd_data, tmp_path_factory):
     runs = {}
     for name, extra in (("plain", []), ("adapted", ["--bn-adapt"])):
         out = tmp_path_factory.mktemp(name)
-        main("lsd", "", ["--data-dir", str(lsd_data), "--output-dir", str(out), "--epochs", "2", *TINY, *HYBRID,
-                         *extra])
+        main("lsd", "", ["--data-dir", str(lsd_data), "--output-dir", str(out), "--epochs", "2", "--max-steps", "2",
+                         *TINY, *HYBRID, *extra])
         runs[name] = out
     return runs
 
