@@ -124,6 +124,9 @@ def build_parser(track, description: str) -> OneLineParser:
          help="linear: the ViT's patchify layer, as the reference (MAE weights need it); hybrid: ResNet-18 stages "
               "down to the patch grid (patch 8, 16 or 32), the ViT paper's hybrid, which learns from scratch in far "
               "fewer steps (default: %(default)s)")
+    _add(model, "--stem-blocks", type=positive_int, nargs="+", default=None, metavar="N",
+         help="residual blocks in each ResNet stage of the hybrid patch embedding: one number for every stage, or "
+              "one per stage (patch 8: 2 stages; 16: 3; 32: 4) (default: 2, ResNet-18's)")
     _add(model, "--bn-adapt", action=argparse.BooleanOptionalAction, default=False,
          help="re-estimate the BatchNorm statistics of the hybrid patch embedding on the validation images (labels "
               "unused; AdaBN) before each validation and evaluation, for a validation domain unlike training's, as "
@@ -245,6 +248,17 @@ def parse_args(track, description: str, argv=None) -> argparse.Namespace:
             parser.error(f"--ckpt {path}: no such file")
     if args.warmup_epochs > args.epochs:
         parser.error(f"--warmup-epochs {args.warmup_epochs:g} exceeds --epochs {args.epochs}")
+    if args.stem_blocks is not None:
+        if args.patch_embed != "hybrid":
+            parser.error("--stem-blocks sets the ResNet stages of the hybrid patch embedding; it needs --patch-embed "
+                         "hybrid")
+        from models.vit import VIT_PRESETS, stem_block_counts
+        from utils.errors import UserError
+
+        try:
+            stem_block_counts(args.patch_size or VIT_PRESETS[args.vit]["patch_size"], args.stem_blocks)
+        except UserError as error:
+            parser.error(f"--stem-blocks: {error}")
     stage.check_flags(args, parser.error)
     if args.device == "cuda":
         import torch

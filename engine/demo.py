@@ -17,7 +17,7 @@ from engine.cli import flag_name
 from utils import dist
 from utils.monitor import log
 
-# The ViT is the nano size with the hybrid patch embedding (ResNet-18 stages down to an 8 px grid): trained from
+# The ViT is the nano size with the hybrid patch embedding (ResNet stages down to an 8 px grid): trained from
 # scratch on two CPU cores, a patchify ViT stays near constant predictions for several hundred steps on this data,
 # while the hybrid learns from the first epoch. Real runs start from MAE weights and use the patchify layer. Each
 # stage adds its own settings (``Task.demo_run``) and data set (``Task.demo_data``).
@@ -28,7 +28,7 @@ DEMO_COMMON = dict(vit="nano", patch_size=8, patch_embed="hybrid", global_pool=T
 # A fine-tuning demo with the patchify layer (--patch-embed linear, which --mae-ckpt implies) trains this many epochs
 # instead of 3: a patchify epoch costs about half a hybrid one, so either run fits the same five minutes. Its ViT has
 # no BatchNorm for --bn-adapt to adapt.
-PATCHIFY_RUN = dict(patch_embed="linear", epochs=5, bn_adapt=False)
+PATCHIFY_RUN = dict(patch_embed="linear", epochs=5, bn_adapt=False, stem_blocks=None)
 
 # ABAW_DEMO_SIZE=small: a seconds-long version of the same pipeline, for tests of the documented commands.
 SMALL_RUN = dict(img_size=32, epochs=1, warmup_epochs=0, batch_size=8, max_steps=3, num_workers=0)

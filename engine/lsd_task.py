@@ -28,6 +28,7 @@ from engine.task import (
     require_present,
     single_test_list,
     softmax,
+    stem_config,
 )
 from utils import abaw, metrics
 from utils.errors import UserError
@@ -45,8 +46,10 @@ class LSDTask(ImageTask):
     defaults = dict(output_dir="runs/cotex", epochs=6, warmup_epochs=5, batch_size=None, accum_iter=4, blr=5e-4,
                     min_lr=1e-6, layer_decay=0.65, weight_decay=0.05, drop_path=0.1, clip_grad=0.05)
     # The demo's hybrid stem re-estimates its BatchNorm statistics on the real-style validation images (--bn-adapt).
+    # Its first stage has one residual block, its second ResNet-18's two: one block in both scored lower on the
+    # real-style images (README, "Quick start").
     demo_run = dict(img_size=48, blr=1e-3, warmup_epochs=0.3, output_dir="runs/demo_cotex", mask_ratio=0.5,
-                    bn_adapt=True)
+                    bn_adapt=True, stem_blocks=[1, 2])
     demo_data = dict(synthetic="lsd", full=dict(per_class=1500, size=64, seed=0),
                      small=dict(per_class=8, size=32, seed=0))
     batch_size_help = "per-process batch size (default: 64 * int(1 / (1 - mask ratio)), at most 4096, as the reference)"
@@ -143,7 +146,7 @@ class LSDTask(ImageTask):
         a = self.args
         return dict(name="cotex", vit_num=a.vit_num, num_classes=abaw.NUM_LSD_CLASSES, vit_size=a.vit,
                     img_size=a.img_size, drop_path=a.drop_path, global_pool=a.global_pool, patch_size=a.patch_size,
-                    patch_embed=a.patch_embed)
+                    patch_embed=a.patch_embed, **stem_config(a))
 
     def load_pretrained(self, model) -> None:
         if self.args.mae_ckpt:

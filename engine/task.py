@@ -191,7 +191,15 @@ class Task(Protocol):
 
 # The model flags every stage shares, as entries of a saved model config -> the flags' destinations.
 MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size": "patch_size", "patch_embed": "patch_embed",
-               "global_pool": "global_pool"}
+               "stem_blocks": "stem_blocks", "global_pool": "global_pool"}
+
+
+def stem_config(args) -> dict:
+    """The model config's entry for ``--stem-blocks``: absent for ResNet-18's blocks and for the patchify layer, so
+    that such configs stay as they were."""
+    if args.stem_blocks is None or args.patch_embed != "hybrid":
+        return {}
+    return {"stem_blocks": list(args.stem_blocks)}
 
 
 def check_model_flags(config: dict, args, path: str, flags: dict = MODEL_FLAGS, saved_defaults: dict = None) -> None:
@@ -200,21 +208,31 @@ def check_model_flags(config: dict, args, path: str, flags: dict = MODEL_FLAGS, 
 
     ``flags``: config entries -> flag destinations; ``saved_defaults``: values of entries a config may leave out.
     """
-    from models.vit import VIT_PRESETS
+    from models.vit import VIT_PRESETS, stem_block_counts
 
-    def resolved(key, value):  # patch size None means the size's own
+    def resolved(key, value):  # patch size None means the size's own; stem blocks None ResNet-18's
         if key == "patch_size" and value is None:
             return VIT_PRESETS.get(config.get("vit_size"), {}).get("patch_size")
+        if key == "stem_blocks" and config.get("patch_embed") == "hybrid":
+            try:
+                return stem_block_counts(resolved("patch_size", config.get("patch_size")), value)
+            except UserError:
+                return value
         return value
 
-    saved = {**(saved_defaults or {}), **config}
+    saved = {"stem_blocks": None, **(saved_defaults or {}), **config}  # configs record stem blocks when not the default
     typed = getattr(args, "typed", ())
-    conflicts = [f"{flag_name(dest)} {getattr(args, dest)} (the checkpoint: {saved[key]})"
+    conflicts = [f"{flag_name(dest)} {_shown(getattr(args, dest))} "
+                 f"(the checkpoint: {_shown(resolved(key, saved[key]))})"
                  for key, dest in flags.items()
                  if dest in typed and key in saved and resolved(key, getattr(args, dest)) != resolved(key, saved[key])]
     if conflicts:
         raise UserError(f"{path} was trained with another model than your flags say: {', '.join(conflicts)}; drop "
                         f"those flags, the model is rebuilt from the checkpoint")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def single_test_list(args) -> str | None:

@@ -30,8 +30,8 @@ from utils.errors import UserError
 from utils.monitor import log
 
 # Flags of the shared parser that describe an image model: the backbone's checkpoint decides those.
-IMAGE_MODEL_FLAGS = ("mae_ckpt", "vit", "img_size", "patch_size", "patch_embed", "global_pool", "drop_path",
-                     "layer_decay")
+IMAGE_MODEL_FLAGS = ("mae_ckpt", "vit", "img_size", "patch_size", "patch_embed", "stem_blocks", "global_pool",
+                     "drop_path", "layer_decay")
 
 
 def demo_backbones(args) -> list[str]:

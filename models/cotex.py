@@ -28,16 +28,18 @@ from utils.errors import UserError
 class CoTEX(nn.Module):
     def __init__(self, vit_num: int = 2, num_classes: int = 6, vit_size: str = 'base', img_size: int = 224,
                  drop_path: float = 0.1, global_pool: bool = False, patch_size: int | None = None,
-                 patch_embed: str = 'linear'):
+                 patch_embed: str = 'linear', stem_blocks=None):
         super().__init__()
         if vit_num < 1:
             raise UserError(f'CoTEX needs at least one ViT, got vit_num={vit_num}')
         self.config = dict(name='cotex', vit_num=vit_num, num_classes=num_classes, vit_size=vit_size,
                            img_size=img_size, drop_path=drop_path, global_pool=global_pool, patch_size=patch_size,
                            patch_embed=patch_embed)
+        if stem_blocks is not None:  # absent means ResNet-18's blocks (or the patchify layer)
+            self.config['stem_blocks'] = list(stem_blocks)
         self.vits = nn.ModuleList(
             build_vit(vit_size, img_size, num_classes=num_classes, drop_path=drop_path, global_pool=global_pool,
-                      patch_size=patch_size, patch_embed=patch_embed)
+                      patch_size=patch_size, patch_embed=patch_embed, stem_blocks=stem_blocks)
             for _ in range(vit_num))
 
     @classmethod

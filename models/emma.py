@@ -34,7 +34,7 @@ class EMMA(nn.Module):
 
     def __init__(self, vit_size: str = 'base', img_size: int = 224, drop_path: float = 0.1,
                  global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear',
-                 dan: str = 'frozen'):
+                 dan: str = 'frozen', stem_blocks=None):
         super().__init__()
         if dan not in DAN_CHOICES:
             raise UserError(f'unknown DAN setting {dan!r}; choose one of {", ".join(DAN_CHOICES)}')
@@ -42,8 +42,10 @@ class EMMA(nn.Module):
                            global_pool=global_pool, patch_size=patch_size, patch_embed=patch_embed)
         if dan != 'frozen':  # recorded only when it differs, so configs of the full model stay as they were
             self.config['dan'] = dan
+        if stem_blocks is not None:  # likewise: absent means ResNet-18's blocks (or the patchify layer)
+            self.config['stem_blocks'] = list(stem_blocks)
         self.vit = build_vit(vit_size, img_size, num_classes=0, drop_path=drop_path, global_pool=global_pool,
-                             patch_size=patch_size, patch_embed=patch_embed)
+                             patch_size=patch_size, patch_embed=patch_embed, stem_blocks=stem_blocks)
         self.vit.head = nn.Sequential(nn.Linear(self.vit.embed_dim, VIT_HEAD_HIDDEN), nn.ReLU(),
                                       nn.Linear(VIT_HEAD_HIDDEN, NUM_EXPR + NUM_AU))
         self.vit.num_classes = NUM_EXPR + NUM_AU

@@ -15,7 +15,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from models.weights import compare_keys, describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
 from utils.errors import UserError
@@ -82,6 +82,7 @@ class MaskedViT(VisionTransformer):
 
 PATCH_EMBEDS = ('linear', 'hybrid')
 _HYBRID_STAGES = {8: 2, 16: 3, 32: 4}  # patch size -> ResNet-18 stages whose total stride it is
+RESNET18_BLOCKS = 2  # residual blocks per ResNet-18 stage
 
 
 class HybridStem(nn.Sequential):
@@ -89,18 +90,34 @@ class HybridStem(nn.Sequential):
     of the input domain, which ``engine.evaluate.adapt_batchnorm`` can re-estimate on another domain's images."""
 
 
-def hybrid_stem(patch_size: int, embed_dim: int) -> HybridStem:
+def stem_block_counts(patch_size: int, blocks=None) -> tuple[int, ...]:
+    """Residual blocks in each stage of the hybrid patch embedding for ``patch_size``: ``blocks`` None is
+    ResNet-18's two per stage; one number applies to every stage; otherwise one number per stage."""
+    if patch_size not in _HYBRID_STAGES:
+        raise UserError(f'the hybrid patch embedding needs patch size 8, 16 or 32 (a ResNet stride), got {patch_size}')
+    stages = _HYBRID_STAGES[patch_size]
+    counts = [RESNET18_BLOCKS] if blocks is None else [int(count) for count in blocks]
+    if len(counts) == 1:
+        counts = counts * stages
+    if len(counts) != stages or min(counts) < 1:
+        raise UserError(f'the hybrid patch embedding at patch size {patch_size} has {stages} ResNet stages: give '
+                        f'one block count (at least 1) for all of them or one per stage, got {list(blocks)}')
+    return tuple(counts)
+
+
+def hybrid_stem(patch_size: int, embed_dim: int, blocks=None) -> HybridStem:
     """The ViT paper's hybrid patch embedding (Dosovitskiy et al., 2021, section 3.1): the first stages of a
     ResNet-18 (stem, then as many stages as make the patch size's stride), whose feature map's cells are the tokens,
-    projected to the embedding width by a 1x1 convolution.
+    projected to the embedding width by a 1x1 convolution. ``blocks``: residual blocks per stage
+    (:func:`stem_block_counts`; default ResNet-18's two).
 
     Meant for training from scratch, where the convolutions' locality makes a small ViT learn in far fewer steps;
     MAE weights belong to the patchify layer, so they cannot initialise it.
     """
-    if patch_size not in _HYBRID_STAGES:
-        raise UserError(f'the hybrid patch embedding needs patch size 8, 16 or 32 (a ResNet stride), got {patch_size}')
-    stages = _HYBRID_STAGES[patch_size]
-    trunk = resnet18(weights=None)
+    counts = stem_block_counts(patch_size, blocks)
+    stages = len(counts)
+    # The unused later stages are built too, so that the default draws the same initial weights as resnet18().
+    trunk = ResNet(BasicBlock, list(counts) + [RESNET18_BLOCKS] * (4 - stages))
     layers = [trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool] + [getattr(trunk, f'layer{i}') for i in
                                                                      range(1, stages + 1)]
     # Channels-last, the layout of the batches it sees: a convolution's weight gradient comes in its input's layout,
@@ -125,17 +142,21 @@ def vit_arguments(size: str = 'base', img_size: int = 224, num_classes: int = 0,
 
 
 def build_vit(size: str = 'base', img_size: int = 224, num_classes: int = 0, drop_path: float = 0.1,
-              global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear') -> MaskedViT:
+              global_pool: bool = False, patch_size: int | None = None, patch_embed: str = 'linear',
+              stem_blocks=None) -> MaskedViT:
     """A ViT of a preset size; ``num_classes=0`` leaves no head (callers attach their own).
 
-    ``patch_embed='hybrid'`` swaps the patchify layer for ResNet-18 stages (:func:`hybrid_stem`).
+    ``patch_embed='hybrid'`` swaps the patchify layer for ResNet-18 stages (:func:`hybrid_stem`) of ``stem_blocks``
+    residual blocks each (None: ResNet-18's two); the patchify layer takes no ``stem_blocks``.
     """
     arguments = vit_arguments(size, img_size, num_classes, drop_path, global_pool, patch_size)
     if patch_embed not in PATCH_EMBEDS:
         raise UserError(f'unknown patch embedding {patch_embed!r}; choose one of {", ".join(PATCH_EMBEDS)}')
+    if stem_blocks is not None and patch_embed != 'hybrid':
+        raise UserError('stem blocks are a setting of the hybrid patch embedding; the patchify layer has none')
     vit = MaskedViT(**arguments)
     if patch_embed == 'hybrid':
-        vit.patch_embed.proj = hybrid_stem(arguments['patch_size'], vit.embed_dim)
+        vit.patch_embed.proj = hybrid_stem(arguments['patch_size'], vit.embed_dim, stem_blocks)
     return vit
 
 

@@ -22,12 +22,16 @@ def full_size_demo(monkeypatch):
 @pytest.mark.parametrize("track, flags, expected", [
     ("mtl", ["--epochs", "30"], {"epochs": 30}),  # 30 is also the parser's default
     # linear is also the parser's default; a patchify demo trains its own number of epochs
-    ("mtl", ["--patch-embed", "linear"], {"patch_embed": "linear", "epochs": demo.PATCHIFY_RUN["epochs"]}),
+    # the patchify layer has no stem blocks
+    ("mtl", ["--patch-embed", "linear"], {"patch_embed": "linear", "epochs": demo.PATCHIFY_RUN["epochs"],
+                                          "stem_blocks": None}),
     # MAE weights fit the patchify layer, which has no BatchNorm to adapt
     ("lsd", ["--mae-ckpt", "a.pth"], {"mae_ckpt": ["a.pth"], "patch_embed": "linear",
-                                      "epochs": demo.PATCHIFY_RUN["epochs"], "bn_adapt": False}),
+                                      "epochs": demo.PATCHIFY_RUN["epochs"], "bn_adapt": False, "stem_blocks": None}),
     ("lsd", ["--no-bn-adapt"], {"bn_adapt": False}),
-    ("mtl", ["--mae-ckpt", "a.pth", "--epochs", "2"], {"mae_ckpt": ["a.pth"], "patch_embed": "linear", "epochs": 2}),
+    ("mtl", ["--mae-ckpt", "a.pth", "--epochs", "2"], {"mae_ckpt": ["a.pth"], "patch_embed": "linear", "epochs": 2,
+                                                        "stem_blocks": None}),
+    ("lsd", ["--stem-blocks", "2"], {"stem_blocks": [2]}),  # ResNet-18's, typed
     ("mtl", ["--batch-size", "100"], {"batch_size": 100}),  # 100 is also the parser's default
     ("lsd", ["--batch-size", "64"], {"batch_size": 64}),
     ("lsd", ["--mask-ratio", "0.75"], {"mask_ratio": 0.75, "batch_size": demo.DEMO_COMMON["batch_size"]}),
@@ -40,6 +44,34 @@ def test_a_typed_flag_wins_over_the_demo_whatever_its_value(track, flags, expect
     for key, value in settings.items():  # every flag not typed takes the demo's value
         if key not in expected:
             assert getattr(args, key) == value, key
+
+
+def test_stem_blocks_need_the_hybrid_patch_embedding_and_one_count_per_stage(capsys):
+    with pytest.raises(SystemExit):
+        parse_args("mtl", "", ["--data-dir", ROOT, "--stem-blocks", "1"])
+    assert "it needs --patch-embed hybrid" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args("lsd", "", ["--data-dir", ROOT, "--patch-embed", "hybrid", "--patch-size", "8",
+                               "--stem-blocks", "1", "1", "1"])
+    assert "has 2 ResNet stages" in capsys.readouterr().err
+    args = parse_args("lsd", "", ["--data-dir", ROOT, "--patch-embed", "hybrid", "--patch-size", "32",
+                                  "--stem-blocks", "1", "2", "1", "1"])
+    assert args.stem_blocks == [1, 2, 1, 1]
+
+
+def test_typed_stem_blocks_are_checked_against_a_checkpoints_stem():
+    from engine.task import check_model_flags
+    from utils.errors import UserError
+
+    resnet18_stem = dict(name="emma", vit_size="nano", img_size=48, patch_size=8, patch_embed="hybrid")
+    for typed in (["2"], ["2", "2"]):  # ResNet-18's blocks, which a config leaves unrecorded
+        check_model_flags(resnet18_stem, parse_args("mtl", "", ["--demo", "--stem-blocks", *typed]), "a.pth")
+    with pytest.raises(UserError, match=r"--stem-blocks 1 \(the checkpoint: 2 2\)"):
+        check_model_flags(resnet18_stem, parse_args("mtl", "", ["--demo", "--stem-blocks", "1"]), "a.pth")
+    check_model_flags(dict(resnet18_stem, stem_blocks=[1]), parse_args("mtl", "", ["--demo", "--stem-blocks", "1",
+                                                                                   "1"]), "a.pth")
+    # not typed: the checkpoint decides, whatever the demo's value
+    check_model_flags(resnet18_stem, parse_args("mtl", "", ["--demo"]), "a.pth")
 
 
 def test_flags_without_demo_keep_the_reference_defaults_and_derived_batch():

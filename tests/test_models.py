@@ -27,6 +27,7 @@ from models import (
     load_emma_checkpoint,
     load_mae_weights,
 )
+from models.vit import hybrid_stem
 from utils.errors import UserError
 
 NANO = VIT_PRESETS['nano']
@@ -331,6 +332,60 @@ def test_hybrid_patch_embedding_refuses_other_patch_sizes_and_mae_weights():
     mae = build_vit('nano', img_size=64).state_dict()
     with pytest.raises(UserError, match='--patch-embed linear'):
         load_mae_weights(build_vit('nano', img_size=64, patch_embed='hybrid'), mae, log=lambda _: None)
+
+
+def test_default_stem_blocks_draw_resnet18s_initial_weights():
+    torch.manual_seed(3)
+    stem = hybrid_stem(16, NANO['embed_dim'])
+    torch.manual_seed(3)
+    trunk = torchvision.models.resnet18()
+    expected = {k: v for k, v in trunk.state_dict().items() if k.split('.')[0] in
+                ('conv1', 'bn1', 'layer1', 'layer2', 'layer3')}
+    got = stem[:-1].state_dict()
+    assert len(got) == len(expected)
+    for (key, value), (trunk_key, trunk_value) in zip(got.items(), expected.items()):
+        assert torch.equal(value, trunk_value), (key, trunk_key)
+
+
+@pytest.mark.parametrize('patch_size, blocks, counts', [(8, [1], (1, 1)), (8, [1, 2], (1, 2)), (16, [3], (3, 3, 3)),
+                                                         (32, [1, 2, 1, 3], (1, 2, 1, 3)), (16, None, (2, 2, 2))])
+def test_stem_blocks_set_the_residual_blocks_of_each_stage(patch_size, blocks, counts):
+    vit = build_vit('nano', img_size=64, num_classes=6, patch_size=patch_size, patch_embed='hybrid',
+                    stem_blocks=blocks)
+    stem = vit.patch_embed.proj
+    stages = stem[4:-1]
+    assert tuple(len(stage) for stage in stages) == counts
+    assert all(isinstance(block, torchvision.models.resnet.BasicBlock) for stage in stages for block in stage)
+    # the stride stays the patch size's: the same token grid as the patchify layer
+    grid = 64 // patch_size
+    assert vit.patch_embed(images(2, 64)).shape == (2, grid * grid, NANO['embed_dim'])
+    # fewer blocks keep the names of ResNet-18's first ones, so the parameters are a subset of the default stem's
+    default = build_vit('nano', img_size=64, patch_size=patch_size, patch_embed='hybrid').state_dict()
+    if max(counts) <= 2:
+        assert set(vit.state_dict()) - {'head.weight', 'head.bias'} <= set(default)
+
+
+def test_stem_blocks_of_another_length_or_on_the_patchify_layer_are_user_errors():
+    with pytest.raises(UserError, match='has 2 ResNet stages'):
+        build_vit('nano', img_size=64, patch_size=8, patch_embed='hybrid', stem_blocks=[1, 1, 1])
+    with pytest.raises(UserError, match='at least 1'):
+        build_vit('nano', img_size=64, patch_size=8, patch_embed='hybrid', stem_blocks=[0])
+    with pytest.raises(UserError, match='patchify layer has none'):
+        build_vit('nano', img_size=64, stem_blocks=[1])
+
+
+@pytest.mark.parametrize('name', ['emma', 'cotex'])
+def test_a_model_config_records_stem_blocks_only_when_set_and_rebuilds_the_same_model(name):
+    common = dict(vit_size='nano', img_size=32, patch_size=8, patch_embed='hybrid', drop_path=0.0)
+    if name == 'emma':
+        common['dan'] = 'none'
+    default = build_model(dict(name=name, **common))
+    assert 'stem_blocks' not in default.config  # configs of ResNet-18's stem stay as they were
+    model = build_model(dict(name=name, stem_blocks=[1, 2], **common))
+    assert model.config['stem_blocks'] == [1, 2]
+    rebuilt = build_model(json.loads(json.dumps(model.config)))
+    assert list(rebuilt.state_dict()) == list(model.state_dict())
+    assert len(list(model.state_dict())) < len(list(default.state_dict()))
 
 
 def test_unknown_vit_size_is_a_user_error():
