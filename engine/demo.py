@@ -26,8 +26,8 @@ DEMO_COMMON = dict(vit="nano", patch_size=8, patch_embed="hybrid", global_pool=T
                    num_workers=2, log_interval=10)
 
 # A fine-tuning demo with the patchify layer (--patch-embed linear, which --mae-ckpt implies) trains this many epochs
-# instead of 3: a patchify epoch costs about half a hybrid one, so either run fits the same five minutes. Its ViT has
-# no BatchNorm for --bn-adapt to adapt.
+# instead of 3: a patchify epoch costs less than a hybrid one, so either run fits the same five minutes. Its ViT has
+# no BatchNorm for --bn-adapt to adapt, nor stem blocks.
 PATCHIFY_RUN = dict(patch_embed="linear", epochs=5, bn_adapt=False, stem_blocks=None)
 
 # ABAW_DEMO_SIZE=small: a seconds-long version of the same pipeline, for tests of the documented commands.
