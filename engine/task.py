@@ -195,11 +195,9 @@ MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size": "patch_s
 
 
 def stem_config(args) -> dict:
-    """The model config's entry for ``--stem-blocks``: absent for ResNet-18's blocks and for the patchify layer, so
-    that such configs stay as they were."""
-    if args.stem_blocks is None or args.patch_embed != "hybrid":
-        return {}
-    return {"stem_blocks": list(args.stem_blocks)}
+    """The model config's entry for ``--stem-blocks``: absent for ResNet-18's blocks, so that such configs stay as
+    they were (the parser and the demo settings keep it None with the patchify layer)."""
+    return {} if args.stem_blocks is None else {"stem_blocks": list(args.stem_blocks)}
 
 
 def check_model_flags(config: dict, args, path: str, flags: dict = MODEL_FLAGS, saved_defaults: dict = None) -> None:
