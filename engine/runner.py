@@ -132,6 +132,7 @@ def train(args):
     config = checkpoint["model_config"] if checkpoint else task.model_config()
     if checkpoint:
         task.check_model_flags(config, resume_path)
+        _check_resumed_seed(checkpoint, args, resume_path)
     model = build_model(config)
     adapt_bn = bn_adapt_applies(model, val_set, args)
     if checkpoint:
@@ -305,6 +306,19 @@ def _load_resumable(path: str, args, task) -> dict:
     raise UserError(f"--resume {path}: this file holds weights for evaluation, not a training state; "
                     f"resume from {os.path.join(checkpoint_dir(args), 'last.pth')}, or start a new run from "
                     f"its weights ({task.init_flag})")
+
+
+def _check_resumed_seed(checkpoint: dict, args, path: str) -> None:
+    """A resume continues the checkpoint's random streams, so its run's ``--seed`` is the one in force: an untyped
+    ``--seed`` takes it (``args.json`` and the next checkpoints record it), a typed one that differs would be ignored
+    without a word (a second demo at ``--seed 1`` would re-report seed 0's run) and is a one-line error."""
+    saved = (checkpoint.get("args") or {}).get("seed")
+    if saved is None or saved == args.seed:
+        return
+    if "seed" in args.typed:
+        raise UserError(f"--seed {args.seed}: {path} continues a run with --seed {saved}; give a new run its own "
+                        f"--output-dir (or --resume none to start over in {args.output_dir})")
+    args.seed = saved
 
 
 def _restore(checkpoint: dict, optimisation: Optimisation, state: TrainState, args) -> dict:

@@ -101,17 +101,27 @@ def test_mtl_constant_baseline_scores_the_best_constants_as_recomputed_independe
     assert baseline["f1_au"] > 0
 
 
-def test_resume_auto_continues_with_the_right_epoch_and_step(mtl_data, tmp_path):
+def test_resume_auto_continues_with_the_right_epoch_and_step(mtl_data, tmp_path, capsys):
     common = ["--data-dir", str(mtl_data), "--output-dir", str(tmp_path), *TINY]
-    main("mtl", "", common + ["--epochs", "1"])
+    main("mtl", "", common + ["--epochs", "1", "--seed", "3"])
     first = load(tmp_path / "checkpoints" / "last.pth")
-    main("mtl", "", common + ["--epochs", "2"])
+    main("mtl", "", common + ["--epochs", "2"])  # an untyped --seed takes the resumed run's streams
     second = load(tmp_path / "checkpoints" / "last.pth")
     assert (first["epoch"], second["epoch"]) == (0, 1)
     assert (first["train_state"]["epoch"], second["train_state"]["epoch"]) == (1, 2)  # the next epoch to run
     assert second["step"] == 2 * first["step"] > 0
+    assert second["args"]["seed"] == json.loads((tmp_path / "args.json").read_text())["seed"] == 3
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
+
+    # a typed --seed other than the run's would be ignored by the resume: refused, and nothing is written
+    last = (tmp_path / "checkpoints" / "last.pth").read_bytes()
+    result = run_main(capsys, "main_mtl.py", *common, "--epochs", "3", "--seed", "4", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--seed 4" in result.stderr and "--seed 3" in result.stderr and "--output-dir" in result.stderr
+    assert (tmp_path / "checkpoints" / "last.pth").read_bytes() == last
+    run_main(capsys, "main_mtl.py", *common, "--epochs", "3", "--seed", "3")
+    assert load(tmp_path / "checkpoints" / "last.pth")["train_state"]["epoch"] == 3
 
 
 def test_layer_decay_reaches_the_optimizer():
