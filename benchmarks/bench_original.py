@@ -27,6 +27,18 @@ as its ``engine_pretrain.train_one_epoch`` runs it with PRETRAIN.md's recipe: ``
 through its ``NativeScalerWithGradNormCount`` (inactive on a CPU, as above) without clipping, AdamW (betas 0.9, 0.95)
 over timm's ``add_weight_decay`` groups (0.05), the lr of its half-cycle cosine schedule set at each update. It ran the
 forward under CUDA fp16 autocast; on a CPU it runs in fp32, or under bf16 autocast with ``--precision bf16``.
+
+The original's MTL data pipeline (``--model data``), beside ``bench.py data`` on the same MTL data directory::
+
+    python -m datasets.synthetic mtl /tmp/benchdata --videos 40 --frames 50
+    python benchmarks/bench_original.py --model data --repo /tmp/original --data-dir /tmp/benchdata --workers 2
+    python benchmarks/bench.py data --data-dir /tmp/benchdata --batch-size 64 --workers 2 --threads 1    # ours
+
+as its ``EMMA_main.py`` loads training frames: its ``ABAWMTDataset`` over ``training_set_annotations.txt`` and
+``cropped_aligned/``, each frame opened with PIL and put through its training transform (resize to 232 x 232, colour
+jitter 0.4/0.4/0.4/0.1 on a fifth of the frames, random 224 crop, horizontal flip, ``ToTensor``, ``Normalize``) in the
+loader workers, batches of 64 shuffled with the last one dropped. The batches are timed as they leave the loader,
+normalised 224 x 224 float batches as ``bench.py data`` times ours. It needs no timm.
 """
 
 from __future__ import annotations
@@ -106,7 +118,8 @@ def build_cotex(opts, torch):
 # MAE's constructor for each --vit (its huge model has 14-pixel patches)
 MAE_MODELS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
 # The checkout and timm folders of each original, as the module docstring installs them (None: --repo/--timm needed)
-DEFAULT_FOLDERS = {"emma": (None, None), "cotex": (None, None), "mae": ("/tmp/mae", "/tmp/timm032")}
+DEFAULT_FOLDERS = {"emma": (None, None), "cotex": (None, None), "mae": ("/tmp/mae", "/tmp/timm032"),
+                   "data": (None, None)}
 
 
 def mae_lr(batch_size: int) -> float:
@@ -131,6 +144,63 @@ def build_mae(opts, torch):
         return loss
 
     return [model], optimizer, [], forward_loss, labels
+
+
+def bench_data(opts, torch) -> None:
+    """The original's training loader over --data-dir, timed by the batch; a JSON line per run, the last the best."""
+    from dataset.EmotionDataset import ABAWMTDataset
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    img_size = 224
+    # The training transform as EMMA_main.preparation composes it
+    transform = transforms.Compose([
+        transforms.Resize([int(img_size * 1.04), int(img_size * 1.04)]),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.2),
+        transforms.RandomCrop([img_size, img_size]),
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    annotations = os.path.join(opts.data_dir, "training_set_annotations.txt")
+    if not os.path.isfile(annotations):
+        raise SystemExit(f"error: {annotations} does not exist (an MTL data directory: python -m datasets.synthetic "
+                         "mtl DIR)")
+    # It joins its root and each listed path by plain concatenation, so the root ends with a separator.
+    dataset = ABAWMTDataset(annotation_path=annotations, transform=transform,
+                            data_root=os.path.join(opts.data_dir, "cropped_aligned", ""))
+    loader = DataLoader(dataset=dataset, batch_size=opts.batch_size, shuffle=True, drop_last=True,
+                        num_workers=opts.workers, pin_memory=torch.cuda.is_available())
+    if len(loader) == 0:
+        raise SystemExit(f"error: {opts.data_dir} has fewer training frames than one batch of {opts.batch_size}")
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+
+    def run_batches(count: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        images_done = 0
+        for _ in range(count):
+            images_done += next(stream)[0].shape[0]
+        return time.perf_counter() - start, images_done
+
+    run_batches(opts.warmup)  # starts the workers
+    settings = dict(bench="data", implementation="original", batch_size=opts.batch_size, workers=opts.workers,
+                    batches=opts.batches, img_size=img_size, frames=len(dataset), threads=torch.get_num_threads(),
+                    torch=torch.__version__, device=f"cpu ({os.cpu_count()} cores)",
+                    load_avg_1m=round(os.getloadavg()[0], 2))
+    records = []
+    for run in range(opts.repeat):
+        seconds, images_done = run_batches(opts.batches)
+        record = dict(settings, run=run, img_per_s=round(images_done / seconds, 1),
+                      batch_ms=round(seconds / opts.batches * 1e3, 2))
+        records.append(record)
+        emit(record)
+    best = max(records, key=lambda record: record["img_per_s"])
+    emit(dict(best, run="best", final=True, runs=len(records), img_per_s_runs=[r["img_per_s"] for r in records]))
 
 
 def _shim_removed_names(torch) -> None:
@@ -159,41 +229,58 @@ def main(argv=None) -> None:
                                                      "facebookresearch/mae for --model mae (default: /tmp/mae)")
     parser.add_argument("--timm", default=None, help="folder holding timm 0.4.12, or 0.3.2 for --model mae "
                                                      "(pip install --target; default for mae: /tmp/timm032)")
-    parser.add_argument("--model", choices=["emma", "cotex", "mae"], default="emma")
+    parser.add_argument("--model", choices=["emma", "cotex", "mae", "data"], default="emma",
+                        help="a training step, or data: the MTL training loader (default: %(default)s)")
     parser.add_argument("--vit", choices=sorted(MAE_MODELS), default="base",
                         help="MAE's model size (EMMA and CoTEX are ViT-B; default: %(default)s)")
     parser.add_argument("--img-size", type=int, default=224, help="MAE's image size (the others': 224)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="bf16: MAE's forward under CPU bf16 autocast (the others have none; default: fp32)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8, and 64 for --model data")
     parser.add_argument("--steps", type=int, default=3, help="measured optimizer steps (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="unmeasured steps first (default: 1), or batches for --model data (default: 10)")
     parser.add_argument("--repeat", type=int, default=1, help="measurements; the final line is the best")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--vit-num", type=int, default=2, help="CoTEX's ViTs (default: %(default)s)")
     parser.add_argument("--mask-ratio", type=float, default=0.75,
                         help="CoTEX's and MAE's mask ratio (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="--model data: an MTL data directory")
+    parser.add_argument("--workers", type=int, default=2, help="--model data: loader workers (default: %(default)s)")
+    parser.add_argument("--batches", type=int, default=100,
+                        help="--model data: measured batches (default: %(default)s)")
     opts = parser.parse_args(argv)
+    data = opts.model == "data"
+    if opts.batch_size is None:
+        opts.batch_size = 64 if data else 8
+    if opts.warmup is None:
+        opts.warmup = 10 if data else 1
+    if data != (opts.data_dir is not None):
+        parser.error("--model data needs --data-dir" if data else "--data-dir needs --model data")
     if opts.model != "mae":
         for dest, default in (("vit", "base"), ("img_size", 224), ("precision", "fp32")):
             if getattr(opts, dest) != default:
                 parser.error(f"--{dest.replace('_', '-')} other than {default} needs --model mae")
     repo, timm = DEFAULT_FOLDERS[opts.model]
     opts.repo, opts.timm = opts.repo or repo, opts.timm or timm
-    for path, what in ((opts.repo, "--repo"), (opts.timm, "--timm")):
+    folders = [(opts.repo, "--repo")] + ([] if data and opts.timm is None else [(opts.timm, "--timm")])
+    for path, what in folders:
         if path is None:
             parser.error(f"--model {opts.model} needs {what}")
         if not os.path.isdir(path):
             raise SystemExit(f"error: {what} {path} is not a directory")
     # The original's packages (net, utils; MAE's models_mae, util) and its timm come first; this project's own are not
     # on the path.
-    sys.path[:0] = [os.path.abspath(opts.repo), os.path.abspath(opts.timm)]
+    sys.path[:0] = [os.path.abspath(path) for path, _ in folders]
 
     import torch
 
     _shim_removed_names(torch)
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if data:
+        bench_data(opts, torch)
+        return
     package = "util" if opts.model == "mae" else "utils"
     lr_sched, misc = original(f"{package}.lr_sched"), original(f"{package}.misc")
 
