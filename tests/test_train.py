@@ -263,9 +263,11 @@ def sha256(path):
 
 
 def test_eval_rebuilds_the_model_and_its_input_size_from_the_checkpoint_alone(mtl_run, mtl_data, tmp_path):
-    # no model flag at all: the checkpoint (32 px, nano) decides, not the defaults (224 px, base)
+    # no model flag at all: the checkpoint (32 px, nano) decides, not the defaults (224 px, base); the precision is
+    # the training run's (auto would be bf16 on a CPU that computes it natively)
     main("mtl", "", ["--eval", "--ckpt", str(mtl_run / "checkpoints" / "best_mtl.pth"), "--data-dir", str(mtl_data),
-                     "--output-dir", str(tmp_path), "--eval-batch-size", "16", "--num-workers", "0"])
+                     "--output-dir", str(tmp_path), "--eval-batch-size", "16", "--num-workers", "0",
+                     "--precision", "fp32"])
     for name in ("val_predictions.txt", "test_predictions.txt"):
         assert (tmp_path / name).read_bytes() == (mtl_run / name).read_bytes(), name
 
