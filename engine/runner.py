@@ -312,7 +312,8 @@ def _check_resumed_seed(checkpoint: dict, args, path: str) -> None:
     """A resume continues the checkpoint's random streams, so its run's ``--seed`` is the one in force: an untyped
     ``--seed`` takes it (``args.json`` and the next checkpoints record it), a typed one that differs would be ignored
     without a word (a second demo at ``--seed 1`` would re-report seed 0's run) and is a one-line error."""
-    saved = (checkpoint.get("args") or {}).get("seed")
+    saved_args = checkpoint.get("args")  # a dict in this project's checkpoints (facebookresearch/mae's: a Namespace)
+    saved = saved_args.get("seed") if isinstance(saved_args, dict) else None
     if saved is None or saved == args.seed:
         return
     if "seed" in args.typed:
