@@ -21,7 +21,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from models.vit import MaskedViT, keep_random_patches, kept_patch_count, vit_arguments
+from models.vit import MaskedViT, embed_kept_patches, kept_patch_count, vit_arguments
 from models.weights import constructor_arguments
 from utils.errors import UserError
 
@@ -141,8 +141,8 @@ class MAE(MaskedViT):
     def encode(self, images: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The encoder over the kept patches: ``(tokens (B, 1 + keep, D), order (B, L))`` (see
         :func:`models.vit.keep_random_patches`)."""
-        patches = self.patch_embed(images) + self.pos_embed[:, 1:].to(images.dtype)
-        kept, order = keep_random_patches(patches, mask_ratio, noise)
+        kept, order = embed_kept_patches(self.patch_embed, images, self.pos_embed[:, 1:].to(images.dtype), mask_ratio,
+                                         noise)
         cls_token = (self.cls_token + self.pos_embed[:, :1]).expand(kept.shape[0], -1, -1)
         tokens = self.blocks(torch.cat([cls_token.to(kept.dtype), kept], dim=1))
         return self.norm(tokens), order

@@ -291,6 +291,40 @@ def test_zero_mask_ratio_in_training_is_timms_plain_forward():
     assert torch.equal(vit(x, 0.0), VisionTransformer.forward(vit, x))
 
 
+def test_patchify_layer_in_training_is_the_convolution_as_a_matrix_product_over_the_kept_patches_only():
+    from models.vit import embed_kept_patches, keep_random_patches
+
+    torch.manual_seed(0)
+    vit = build_vit('nano', img_size=64, patch_size=8, num_classes=6).train()
+    embed, conv = vit.patch_embed, vit.patch_embed.proj
+    x, noise = images(3, 64), torch.rand(3, 64)
+    pos = vit.pos_embed[:, 1:]
+
+    def reference():  # timm's layer: the strided convolution over every patch, then the kept tokens
+        patches = F.conv2d(x, conv.weight, conv.bias, stride=8).flatten(2).transpose(1, 2)
+        return keep_random_patches(patches + pos, 0.75, noise)
+
+    def gradients(tokens):
+        grads = torch.autograd.grad((tokens * torch.linspace(-1, 1, tokens.numel()).view_as(tokens)).sum(),
+                                    [conv.weight, conv.bias, vit.pos_embed])
+        return [g.clone() for g in grads]
+
+    (expected, expected_order), (tokens, order) = reference(), embed_kept_patches(embed, x, pos, 0.75, noise)
+    assert tokens.shape == (3, 16, NANO['embed_dim']) and torch.equal(order, expected_order)
+    assert torch.allclose(tokens, expected, atol=1e-5)
+    for got, want in zip(gradients(tokens), gradients(expected)):
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    full = F.conv2d(x, conv.weight, conv.bias, stride=8).flatten(2).transpose(1, 2)
+    assert torch.allclose(embed(x), full, atol=1e-5)
+    with torch.no_grad():  # evaluation: timm's convolution itself, bit for bit
+        assert torch.equal(embed(x), full)
+    hybrid = build_vit('nano', img_size=64, patch_size=8, patch_embed='hybrid').train()
+    assert not hybrid.patch_embed.patchify  # the hybrid stem keeps its convolutions
+    assert hybrid.patch_embed(x).shape == (3, 64, NANO['embed_dim'])
+    with pytest.raises(UserError, match='32 x 32; this ViT takes 64 x 64'):
+        embed(images(1, 32))
+
+
 @pytest.mark.parametrize('mask_ratio', [1.0, -0.1, 0.99])
 def test_mask_ratio_out_of_range_or_keeping_nothing_is_a_user_error(mask_ratio):
     vit = build_vit('nano', img_size=64, num_classes=6).train()
