@@ -57,6 +57,12 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def emit_best(records: list[dict]) -> None:
+    """The final line: the fastest run, with every run's speed."""
+    best = max(records, key=lambda record: record["img_per_s"])
+    emit(dict(best, run="best", final=True, runs=len(records), img_per_s_runs=[r["img_per_s"] for r in records]))
+
+
 def original(module: str):
     """A module of the original's checkout (its ``utils`` or ``util`` package, not this project's)."""
     return importlib.import_module(module)
@@ -199,8 +205,7 @@ def bench_data(opts, torch) -> None:
                       batch_ms=round(seconds / opts.batches * 1e3, 2))
         records.append(record)
         emit(record)
-    best = max(records, key=lambda record: record["img_per_s"])
-    emit(dict(best, run="best", final=True, runs=len(records), img_per_s_runs=[r["img_per_s"] for r in records]))
+    emit_best(records)
 
 
 def _shim_removed_names(torch) -> None:
@@ -339,8 +344,7 @@ def main(argv=None) -> None:
                       peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
         records.append(record)
         emit(record)
-    best = max(records, key=lambda record: record["img_per_s"])
-    emit(dict(best, run="best", final=True, runs=len(records), img_per_s_runs=[r["img_per_s"] for r in records]))
+    emit_best(records)
 
 
 if __name__ == "__main__":
