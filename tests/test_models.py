@@ -300,9 +300,11 @@ def test_patchify_layer_in_training_is_the_convolution_as_a_matrix_product_over_
     x, noise = images(3, 64), torch.rand(3, 64)
     pos = vit.pos_embed[:, 1:]
 
-    def reference():  # timm's layer: the strided convolution over every patch, then the kept tokens
-        patches = F.conv2d(x, conv.weight, conv.bias, stride=8).flatten(2).transpose(1, 2)
-        return keep_random_patches(patches + pos, 0.75, noise)
+    def convolution():  # timm's layer: the strided convolution over every patch
+        return F.conv2d(x, conv.weight, conv.bias, stride=8).flatten(2).transpose(1, 2)
+
+    def reference():  # then the kept tokens
+        return keep_random_patches(convolution() + pos, 0.75, noise)
 
     def gradients(tokens):
         grads = torch.autograd.grad((tokens * torch.linspace(-1, 1, tokens.numel()).view_as(tokens)).sum(),
@@ -314,7 +316,7 @@ def test_patchify_layer_in_training_is_the_convolution_as_a_matrix_product_over_
     assert torch.allclose(tokens, expected, atol=1e-5)
     for got, want in zip(gradients(tokens), gradients(expected)):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
-    full = F.conv2d(x, conv.weight, conv.bias, stride=8).flatten(2).transpose(1, 2)
+    full = convolution()
     assert torch.allclose(embed(x), full, atol=1e-5)
     with torch.no_grad():  # evaluation: timm's convolution itself, bit for bit
         assert torch.equal(embed(x), full)
