@@ -327,6 +327,47 @@ def test_patchify_layer_in_training_is_the_convolution_as_a_matrix_product_over_
         embed(images(1, 32))
 
 
+def test_drop_path_skips_the_dropped_samples_branches_and_is_timms_drop_path_for_the_same_draw(monkeypatch):
+    import models.vit as vit_module
+
+    torch.manual_seed(0)
+    block = build_vit('nano', img_size=64, num_classes=6, drop_path=0.3).blocks[-1].train()
+    x = torch.randn(4, 17, NANO['embed_dim'], requires_grad=True)
+    rows = []
+    block.attn.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    block.mlp.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+
+    def reference(keep_attn, keep_mlp):  # timm's DropPath: every sample's branch, times its mask over 1 - rate
+        h = x + block.attn(block.norm1(x)) * (keep_attn / 0.7).view(-1, 1, 1)
+        return h + block.mlp(block.norm2(h)) * (keep_mlp / 0.7).view(-1, 1, 1)
+
+    def gradients(out):
+        weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+        params = [x, block.attn.qkv.weight, block.norm1.weight, block.mlp.fc1.weight, block.mlp.fc2.bias]
+        return [g.clone() for g in torch.autograd.grad((out * weights).sum(), params)]
+
+    for attn_kept, mlp_kept in [([0, 2], [0, 1, 2, 3]), ([], [3]), ([1, 2, 3], [])]:
+        draws = iter([torch.tensor(attn_kept, dtype=torch.long), torch.tensor(mlp_kept, dtype=torch.long)])
+        monkeypatch.setattr(vit_module, 'kept_samples', lambda batch, rate, draws=draws: next(draws))
+        rows.clear()
+        out = block(x)
+        assert rows == [len(attn_kept), len(mlp_kept)]  # the dropped samples never reach the branch
+        masks = [torch.zeros(4).index_fill_(0, torch.tensor(kept, dtype=torch.long), 1.0)
+                 for kept in (attn_kept, mlp_kept)]
+        expected = reference(*masks)
+        assert torch.allclose(out, expected, atol=1e-5)
+        for got, want in zip(gradients(out), gradients(expected)):  # an empty branch still gets (zero) gradients
+            assert torch.allclose(got, want, atol=1e-5)
+    monkeypatch.undo()
+    torch.manual_seed(1)
+    kept = torch.cat([vit_module.kept_samples(50, 0.3) for _ in range(2000)])
+    assert abs(kept.numel() / 100_000 - 0.7) < 0.006  # each sample kept with probability 1 - rate
+    assert abs(kept.float().mean().item() - 24.5) < 0.3  # whatever its position in the batch
+    with torch.no_grad():
+        assert torch.equal(block.eval()(x), x + block.attn(block.norm1(x)) + block.mlp(block.norm2(
+            x + block.attn(block.norm1(x)))))
+
+
 @pytest.mark.parametrize('mask_ratio', [1.0, -0.1, 0.99])
 def test_mask_ratio_out_of_range_or_keeping_nothing_is_a_user_error(mask_ratio):
     vit = build_vit('nano', img_size=64, num_classes=6).train()
