@@ -110,3 +110,36 @@ def test_runs_as_a_script_and_its_last_line_is_the_final_result():
     assert records[-1]["final"] is True and records[-1]["img_per_s"] > 0
     assert records[-1]["malloc"] == "keep_freed" and records[-1]["threads"] == 1
     assert "train_gflop_per_img" not in records[-1]
+
+
+def test_pairs_alternate_the_two_commands_and_summarise_the_ratio_within_each_pair(tmp_path):
+    """Stand-in benchmarks print a JSON line with the next speed of their list and record that they ran."""
+    log = tmp_path / "order"
+    stub = tmp_path / "stub.py"
+    stub.write_text("import json, sys\n"
+                    "name, speeds = sys.argv[1], [float(s) for s in sys.argv[2].split(',')]\n"
+                    f"log = open({str(log)!r}, 'a+')\n"
+                    "log.seek(0)\n"
+                    "done = sum(1 for line in log if line.strip() == name)\n"
+                    "log.write(name + '\\n')\n"
+                    "print(json.dumps({'run': 0, 'img_per_s': 0.1}))\n"
+                    "print(json.dumps({'final': True, 'img_per_s': speeds[done]}))\n")
+    baseline, candidate = [2.0, 1.0, 4.0], [3.0, 1.5, 4.4]
+    command = [sys.executable, os.path.join("benchmarks", "pairs.py"), "--pairs", "3",
+               "--baseline", f"{sys.executable} {stub} base {','.join(map(str, baseline))}",
+               "--candidate", f"{sys.executable} {stub} cand {','.join(map(str, candidate))}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    *pairs, final = json_lines(result.stdout)
+    assert log.read_text().split() == ["base", "cand", "cand", "base", "base", "cand"]  # the order swaps every pair
+    expected = [c / b for b, c in zip(baseline, candidate)]
+    assert [p["ratio"] for p in pairs] == pytest.approx(expected, abs=1e-3)
+    assert [p["baseline_img_per_s"] for p in pairs] == baseline and pairs[1]["first"] == "candidate"
+    assert final["geometric_mean"] == pytest.approx((1.5 * 1.5 * 1.1) ** (1 / 3), abs=1e-3)
+    assert (final["min"], final["max"]) == (1.1, 1.5)
+
+    log.unlink()
+    failing = [*command[:-1], f"{sys.executable} -c \"import sys; sys.exit('no such checkout')\""]
+    result = subprocess.run(failing, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "exited 1" in result.stderr and "no such checkout" in result.stderr
+    assert "Traceback" not in result.stderr
