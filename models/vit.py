@@ -2,8 +2,8 @@
 
 The backbone is timm's ``VisionTransformer`` (fused attention, drop path) configured as in MAE: LayerNorm eps 1e-6,
 qkv bias, class-token pooling (or average pooling with ``fc_norm``). Its blocks skip the work of the residual branches
-that drop path drops (:class:`SampleDropBlock`). ``forward(x, mask_ratio)`` keeps a random
-subset of patch tokens per sample in training, as masked CoTEX does; in eval, or at ratio 0, it is timm's forward.
+that drop path drops (:class:`SampleDropBlock`). ``forward(x, mask_ratio)`` keeps a random subset of patch tokens per
+sample in training, as masked CoTEX does; in eval, or at ratio 0, it is timm's forward.
 """
 
 from __future__ import annotations
