@@ -17,7 +17,7 @@ Warm-up steps run first and are not measured.
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
 input transform, on random uint8 crops of the model's size (what the training loader delivers), and ``pretrain``
-the same with MAE's task (``engine.pretrain_task``: the MAE, its parameter groups and betas); ``data`` iterates the
+the same with MAE's task (``engine.tasks.pretrain``: the MAE, its parameter groups and betas); ``data`` iterates the
 training loader of ``engine.runtime`` over an MTL data directory (decoding and augmentation in its workers) and applies
 the input transform, counting the normalised float batches on the device; ``eval`` runs ``engine.evaluate.predict``
 with the input transform, which resizes the frames; ``extract`` runs the same prediction with the temporal stage's

@@ -7,7 +7,7 @@ share can be held out for validation by a hash of each image's name, so the spli
 added. The augmentation is MAE's: RandomResizedCrop (scale 0.2 to 1, ratio 3/4 to 4/3, bicubic) and a horizontal flip,
 drawn per sample from its own generator (with the seed of the sample's patch mask) and applied in the loader workers on
 uint8 images, as ``datasets.transforms`` does for the fine-tuning stages. Evaluation batches get MAE's eval view
-(shorter side to size / ``EVAL_CROP``, centre crop) on the device (``engine.pretrain_task.PretrainTransform``).
+(shorter side to size / ``EVAL_CROP``, centre crop) on the device (``engine.tasks.pretrain.PretrainTransform``).
 """
 
 from __future__ import annotations

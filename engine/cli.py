@@ -206,11 +206,6 @@ def typed_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
             action.default = default
 
 
-def flag_name(dest: str) -> str:
-    """The documented spelling of a flag (``--img-size`` for ``img_size``)."""
-    return "--" + dest.replace("_", "-")
-
-
 def parse_args(track, description: str, argv=None) -> argparse.Namespace:
     """Parse and check the flags; inconsistent values exit with one line and status 2.
 

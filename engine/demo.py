@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import time
 
-from engine.cli import flag_name
 from utils import dist
+from utils.errors import flag_name
 from utils.monitor import log
 
 # The ViT is the nano size with the hybrid patch embedding (ResNet stages down to an 8 px grid): trained from

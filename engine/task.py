@@ -26,8 +26,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from engine.cli import flag_name
-from utils.errors import UserError
+from utils.errors import UserError, flag_name
 from utils.monitor import RunMonitor, log, warn, write_json
 
 

@@ -361,7 +361,7 @@ def test_cli_rejects_bad_values_with_exit_status_2(argv, capsys):
 
 
 def test_module_runs_as_the_command(tmp_path):
-    """``python -m datasets.synthetic`` hands over to datasets.synthetic_cli: same summary line, exit status 0."""
+    """``python -m datasets.synthetic`` hands over to datasets.synthetic.cli: same summary line, exit status 0."""
     done = subprocess.run([sys.executable, "-m", "datasets.synthetic", "lsd", str(tmp_path), "--per-class", "1",
                            "--size", "32", "--workers", "1", "--no-progress"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

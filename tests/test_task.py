@@ -17,7 +17,10 @@ from engine.task import Selection, Task
 from engine.tasks import TASKS, task_class
 from utils.atomic import atomic_write, write_text_atomic
 
-TASK_MODULES = {"engine/mtl_task.py", "engine/lsd_task.py", "engine/tasks.py"}
+
+def is_task_module(path: str) -> bool:
+    """The stages and their registry, the one place where code may ask which track it runs."""
+    return path.startswith("engine/tasks/")
 
 
 def interface_members():
@@ -51,7 +54,7 @@ def test_every_task_provides_each_member_of_the_interface(name, mtl_data, lsd_da
 def test_no_module_outside_the_tasks_branches_on_the_track():
     pattern = re.compile(r"""(track|\.name)\s*[!=]=|[!=]=\s*["'](mtl|lsd)["']|["'](mtl|lsd)["']\s*[!=]=""")
     offenders = [f"{path}:{number}" for path in python_files()
-                 if path.startswith(("engine/", "utils/", "benchmarks/", "models/")) and path not in TASK_MODULES
+                 if path.startswith(("engine/", "utils/", "benchmarks/", "models/")) and not is_task_module(path)
                  for number, line in enumerate(read(path).splitlines(), 1) if pattern.search(line)]
     assert not offenders
 
@@ -117,3 +120,41 @@ def test_au_thresholds_without_eval_is_a_one_line_error(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--au-thresholds applies to --eval" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_stage_lives_in_engine_tasks():
+    """``engine/`` keeps the life cycle; each stage is a module of ``engine/tasks/`` whose task the registry names."""
+    leftovers = [path for path in python_files() if path.startswith("engine/") and path.endswith("_task.py")]
+    assert not leftovers
+    for cls in TASKS.values():
+        assert cls.__module__.startswith("engine.tasks."), cls
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each module of the four packages -> the modules of those packages it imports, lazily inside functions too."""
+    import ast
+
+    modules = {}
+    for path in python_files():
+        parts = path[:-3].split("/")
+        if parts[0] in ("engine", "datasets", "models", "utils"):
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    imports = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(read(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        imports[name] = {other for other in found if other in modules and other != name}
+    return imports
+
+
+def test_no_two_modules_import_each_other():
+    imports = module_imports()
+    assert {"engine.tasks", "engine.train", "utils.dist"} <= imports["engine.runner"]  # lazy imports counted too
+    assert "engine.demo" in imports["engine.cli"]
+    circles = sorted((a, b) for a in imports for b in imports[a] if a < b and a in imports.get(b, ()))
+    assert not circles

@@ -332,7 +332,7 @@ def test_fold_backbones_give_training_frames_out_of_fold_outputs_and_the_rest_th
     fold = mtl.video_folds(train_images, 2)
     # what the temporal model was trained on, rebuilt by the task from the same files
     from engine.cli import parse_args
-    from engine.temporal_task import TemporalTask
+    from engine.tasks.temporal import TemporalTask
 
     task = TemporalTask(parse_args("temporal", "", ["--data-dir", str(mtl_data), "--backbone-ckpt",
                                                     *map(str, members), "--folds", "2", "--output-dir", str(out),
@@ -351,7 +351,7 @@ def test_fold_backbones_give_training_frames_out_of_fold_outputs_and_the_rest_th
 
 def test_main_mtl_fold_leaves_the_fold_out_of_training(mtl_data):
     from engine.cli import parse_args
-    from engine.mtl_task import MTLTask
+    from engine.tasks.mtl import MTLTask
 
     images = mtl.read_annotations(str(mtl_data / mtl.TRAIN_FILE)).images
     fold = mtl.video_folds(images, 2)

@@ -8,3 +8,8 @@ traceback.
 
 class UserError(Exception):
     """An error caused by the user's input; its message says what is wrong and what to do."""
+
+
+def flag_name(dest: str) -> str:
+    """The documented spelling of a flag in messages (``--img-size`` for the destination ``img_size``)."""
+    return "--" + dest.replace("_", "-")

@@ -4,10 +4,10 @@ new stage adds its class here."""
 
 from __future__ import annotations
 
-from engine.lsd_task import LSDTask
-from engine.mtl_task import MTLTask
-from engine.pretrain_task import PretrainTask
-from engine.temporal_task import TemporalTask
+from engine.tasks.lsd import LSDTask
+from engine.tasks.mtl import MTLTask
+from engine.tasks.pretrain import PretrainTask
+from engine.tasks.temporal import TemporalTask
 
 TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask, TemporalTask)}
 

@@ -23,8 +23,8 @@ from datasets import mtl
 from datasets.temporal import TrainWindows, WindowAugment, WindowSet, collate_windows
 from engine import features as feature_store
 from engine.cli import positive_int, ratio
-from engine.mtl_task import MTLTask, add_mtl_output_flags, add_task_flags, check_mtl_output_flags, check_task_flags
 from engine.task import Selection, model_from_checkpoint, write_metrics
+from engine.tasks.mtl import MTLTask, add_mtl_output_flags, add_task_flags, check_mtl_output_flags, check_task_flags
 from utils import abaw, dist, metrics
 from utils.errors import UserError
 from utils.monitor import log
@@ -296,7 +296,7 @@ class TemporalTask(MTLTask):
         if checkpoint.get("au_thresholds"):
             self.au_thresholds = list(checkpoint["au_thresholds"])
         if self.args.au_thresholds:
-            from engine.mtl_task import read_au_thresholds
+            from engine.tasks.mtl import read_au_thresholds
 
             self.au_thresholds = read_au_thresholds(self.args.au_thresholds)
         return model

@@ -3,9 +3,9 @@
 The real ABAW4 data is licensed and cannot ship, so this module writes a stand-in exactly as the MTL and LSD tracks
 are released (see ``/work/shared/SYNTHETIC.md`` and ``ABAW4.md``), and the per-video single-task VA, EXPR and AU
 tracks of ABAW2-8: it plans videos and images (identities, expression episodes as AU intensities, pose and look),
-derives their labels, renders them through worker processes with ``datasets.faces`` and marks a finished set in
-``synthetic_meta.json``. Tests, the ``--demo`` of both entry points and the benchmarks use it;
-``datasets.synthetic_cli`` is its command line::
+derives their labels, renders them through worker processes with ``datasets.synthetic.render`` and marks a finished
+set in ``synthetic_meta.json``. Tests, the ``--demo`` of every entry point and the benchmarks use it;
+``datasets.synthetic.cli`` is its command line (``python -m datasets.synthetic``)::
 
     python -m datasets.synthetic mtl OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic tracks OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
@@ -50,7 +50,15 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import lsd, mtl, tracks
-from datasets.faces import AU_COLUMN, DRAWN_AUS, encode_jpeg, render_face, sample_identity, sample_look, sample_pose
+from datasets.synthetic.render import (
+    AU_COLUMN,
+    DRAWN_AUS,
+    encode_jpeg,
+    render_face,
+    sample_identity,
+    sample_look,
+    sample_pose,
+)
 from utils.abaw import AU_MISSING, AU_NUMBERS, EXPR_MISSING, EXPR_NAMES, LSD_CLASSES, VA_MISSING
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
@@ -719,9 +727,3 @@ def generate(track: str, out_dir, **params) -> dict:
         raise ValueError(f"unknown track {track!r}; expected one of {sorted(DEFAULTS)}")
     generators = {"mtl": generate_mtl, "tracks": generate_tracks, "lsd": generate_lsd, "faces": generate_faces}
     return generators[track](out_dir, **params)
-
-
-if __name__ == "__main__":
-    from datasets.synthetic_cli import main
-
-    sys.exit(main())
