@@ -14,7 +14,8 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from datasets import synthetic, synthetic_cli
+from datasets import synthetic
+from datasets.synthetic import cli as synthetic_cli
 from utils.abaw import AU_NUMBERS, EXPR_NAMES
 from utils.errors import UserError
 
