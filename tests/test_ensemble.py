@@ -1,6 +1,6 @@
 """``--eval --ckpt A B ...`` evaluates an ensemble: every member predicts validation and the test list at its own
-model and input size, and the files come from the mean of the members' probabilities (VA as it is); one checkpoint
-given twice writes exactly what it writes alone."""
+model and input size, and the files come from the mean of the members' probabilities and of their VA as each would
+write it (clipped to [-1, 1]); one checkpoint given twice writes exactly what it writes alone."""
 
 import contextlib
 import io
@@ -93,7 +93,7 @@ def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(members, eva
     a, b = (model_outputs(path, images) for path in members["mtl"])  # 32 px and 48 px
     assert not np.allclose(a[:, :2], b[:, :2], atol=1e-2)  # two different members
 
-    va = np.clip((a[:, :2] + b[:, :2]) / 2, -1, 1)
+    va = (np.clip(a[:, :2], -1, 1) + np.clip(b[:, :2], -1, 1)) / 2  # each member as it would write VA
     np.testing.assert_allclose(written[:, :2], va, atol=2e-6)
     expr = sum(torch.softmax(torch.from_numpy(m[:, 2:10]), 1).numpy() for m in (a, b)) / 2
     top_two = np.sort(expr, 1)[:, -2:]
@@ -134,3 +134,24 @@ def test_a_missing_member_is_a_one_line_error(members, mtl_data, tmp_path, capsy
     assert stop.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "absent.pth: no such file" in lines[0], lines
+
+
+def written_va(folder, name="test_predictions.txt"):
+    rows = [row.split(",") for row in (folder / name).read_text().splitlines()[1:]]
+    return np.array([[float(row[1]), float(row[2])] for row in rows])
+
+
+def test_a_member_with_out_of_range_valence_counts_as_the_value_it_writes(members, evaluate, tmp_path):
+    """A member whose raw VA leaves [-1, 1] (written as the bound) enters the mean with the bound, so the ensemble
+    writes the mean of the members' written VA."""
+    saved = torch.load(members["mtl"][0], map_location="cpu", weights_only=True)
+    last = max(key for key in saved["model"] if key.startswith("va_head.") and key.endswith(".weight"))
+    saved["model"][last] = saved["model"][last] * 200  # raw VA far outside [-1, 1] on most frames
+    saved["model"][last.replace("weight", "bias")] = saved["model"][last.replace("weight", "bias")] * 200
+    loud = tmp_path / "loud.pth"
+    torch.save(saved, loud)
+    quiet = members["mtl"][1]
+    ensemble, _ = evaluate("mtl", [loud, quiet])
+    loud_va, quiet_va = written_va(evaluate("mtl", [loud])[0]), written_va(evaluate("mtl", [quiet])[0])
+    assert (np.abs(loud_va) == 1.0).mean() > 0.5 and (np.abs(quiet_va) < 1.0).all()  # the case is present
+    np.testing.assert_allclose(written_va(ensemble), (loud_va + quiet_va) / 2, atol=1e-6 + 1e-9, rtol=0)

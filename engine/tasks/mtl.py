@@ -312,8 +312,11 @@ class MTLTask(ImageTask):
         return {"au_thresholds": list(self.au_thresholds)}
 
     def ensemble_space(self, outputs):
-        """Members average VA as it is, and the probabilities of the expressions (softmax) and of the AUs."""
+        """Members average VA as each would submit it (clipped to [-1, 1]: a member's out-of-range raw value counts
+        as the bound it writes, not as a weight that drags the mean), and the probabilities of the expressions
+        (softmax) and of the AUs."""
         values = np.asarray(outputs, dtype=np.float64).copy()
+        values[:, abaw.OUT_VA] = np.clip(values[:, abaw.OUT_VA], -1.0, 1.0)
         values[:, abaw.OUT_EXPR] = softmax(values[:, abaw.OUT_EXPR])
         values[:, abaw.OUT_AU] = abaw.au_probabilities(outputs)
         return values
