@@ -1,0 +1,58 @@
+"""Sound in the temporal stage: the synthetic recordings, the per-frame audio features and their cache, and
+main_temporal.py with --audio."""
+
+import numpy as np
+
+from datasets.synthetic import sound
+from utils.abaw import EXPR_NAMES
+
+HAPPINESS, NEUTRAL = EXPR_NAMES.index("Happiness"), EXPR_NAMES.index("Neutral")
+
+
+def speech_statistics(samples, sample_rate=16000):
+    """(RMS level in dB of the loud 20 ms frames, onsets per second of loud frames) measured from the waveform."""
+    frames = samples[: len(samples) // 320 * 320].reshape(-1, 320).astype(np.float64)
+    level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    loud = level > np.median(level) + 6  # well above the room noise
+    onsets = np.count_nonzero(loud[1:] & ~loud[:-1])
+    return 10 * np.log10(np.mean(10 ** (level[loud] / 10))), onsets / max(loud.sum() * 0.02, 1e-9)
+
+
+def test_sound_has_the_length_of_the_frames_is_deterministic_and_bounded():
+    frames, fps = 37, 7.5
+    traces = (np.linspace(-1, 1, frames), np.linspace(1, -1, frames), np.arange(frames) % 8)
+    first = sound.render_sound(*traces, fps, np.random.default_rng(4))
+    again = sound.render_sound(*traces, fps, np.random.default_rng(4))
+    other = sound.render_sound(*traces, fps, np.random.default_rng(5))
+    assert first.dtype == np.float32 and len(first) == round(frames / fps * 16000)
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert np.abs(first).max() <= 1.0 and np.abs(first).max() > 0.01
+    assert len(sound.render_sound(*traces, fps, np.random.default_rng(4), sample_rate=8000)) == round(frames / fps
+                                                                                                     * 8000)
+    assert len(sound.render_sound([], [], [], 30, np.random.default_rng(0))) == 0
+
+
+def test_arousal_makes_speech_louder_and_faster_on_average_but_not_in_every_recording():
+    frames, fps = 80, 10
+    calm, excited = [], []
+    for seed in range(8):
+        for value, into in ((-0.7, calm), (0.7, excited)):
+            samples = sound.render_sound(np.zeros(frames), np.full(frames, value), np.full(frames, NEUTRAL), fps,
+                                         np.random.default_rng(seed))
+            into.append(speech_statistics(samples))
+    calm, excited = np.array(calm), np.array(excited)
+    assert excited[:, 0].mean() > calm[:, 0].mean() + 6  # louder
+    assert excited[:, 1].mean() > calm[:, 1].mean() * 1.3  # more syllables per second of speech
+    # the microphone's gain differs per recording: some calm recordings are louder than some excited ones
+    assert calm[:, 0].max() > excited[:, 0].min()
+
+
+def test_laughter_comes_with_happiness_at_about_its_rate():
+    frames, fps = 600, 10
+    times = np.arange(frames) / fps
+    happy = list(sound._bursts(np.full(frames, HAPPINESS), np.full(frames, 0.6), times, 60.0,
+                               np.random.default_rng(0)))
+    neutral = list(sound._bursts(np.full(frames, NEUTRAL), np.full(frames, 0.0), times, 60.0,
+                                 np.random.default_rng(0)))
+    assert neutral == [] and all(kind == HAPPINESS for _, kind, _ in happy)
+    assert 0.5 * sound.BURST_RATE_PER_S[HAPPINESS] * 60 < len(happy) < 1.5 * sound.BURST_RATE_PER_S[HAPPINESS] * 60
