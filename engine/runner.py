@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import contextmanager
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -51,11 +52,28 @@ from utils.checkpoint import (
     save_atomic,
 )
 from utils.errors import UserError
+from utils.lock import OutputDirLock
 from utils.monitor import RunMonitor, log, warn, write_json
 
 
 def checkpoint_dir(args) -> str:
     return os.path.join(args.output_dir, "checkpoints")
+
+
+@contextmanager
+def owned_output_dir(args):
+    """The whole run holds ``--output-dir``'s lock (``utils.lock``): a second run into the same folder is refused
+    before it writes or removes anything there. Rank 0 holds it (``RANK``, known before the process group exists);
+    the other ranks write nothing of their own there."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write to --output-dir {args.output_dir}: {err.strerror or err}") from None
+    with OutputDirLock(args.output_dir, task_class(args.track).prog):
+        yield
 
 
 def prepare_output_dir(args) -> None:
@@ -119,6 +137,11 @@ def start_run(args, per_rank_seed: bool):
 def train(args):
     """Train (or continue training) the stage's model; at the end, write the files of its best checkpoint.
     Returns the task."""
+    with owned_output_dir(args):
+        return _train(args)
+
+
+def _train(args):
     device, task, dtype = start_run(args, per_rank_seed=True)
     autocast = make_autocast(device, dtype)
 
@@ -357,6 +380,11 @@ def evaluate_only(args):
     Several ``--ckpt`` files are an ensemble: each member is loaded with its own model and input size, predicts
     validation and the test list, and is freed before the next; the files come from the mean of their outputs in
     the task's ensemble space (``engine.report``). Returns the task."""
+    with owned_output_dir(args):
+        return _evaluate_only(args)
+
+
+def _evaluate_only(args):
     stage = task_class(args.track)
     if args.ckpt and len(args.ckpt) > 1 and not stage.ensembles:
         able = " and ".join(task.prog for task in TASKS.values() if task.ensembles)
