@@ -56,3 +56,39 @@ def test_laughter_comes_with_happiness_at_about_its_rate():
                                  np.random.default_rng(0)))
     assert neutral == [] and all(kind == HAPPINESS for _, kind, _ in happy)
     assert 0.5 * sound.BURST_RATE_PER_S[HAPPINESS] * 60 < len(happy) < 1.5 * sound.BURST_RATE_PER_S[HAPPINESS] * 60
+
+
+def test_the_synthetic_mtl_set_carries_each_videos_sound_and_frame_times_in_the_prepared_layout(mtl_data):
+    import json
+    import os
+    import wave
+
+    videos = json.loads((mtl_data / "videos.json").read_text())["videos"]
+    folders = sorted(os.listdir(mtl_data / "cropped_aligned"))
+    assert sorted(videos) == folders
+    for name in folders:
+        record = videos[name]
+        numbers = sorted(int(image[:5]) for image in os.listdir(mtl_data / "cropped_aligned" / name))
+        times = np.loadtxt(mtl_data / "times" / f"{name}.txt", ndmin=1)
+        assert len(times) == record["frames"] == numbers[-1] and times[0] == 0 and (np.diff(times) > 0).all()
+        assert record["tracks"] == {name: len(numbers)}
+        wav = mtl_data / "audio" / f"{name}.wav"
+        if record["audio_seconds"] is None:
+            assert not wav.exists()
+            continue
+        with wave.open(str(wav)) as handle:
+            assert handle.getframerate() == 16000 and handle.getnchannels() == 1 and handle.getsampwidth() == 2
+            assert handle.getnframes() == round(record["audio_seconds"] * 16000)
+        assert times[-1] < record["audio_seconds"] <= record["duration"] + 0.02
+
+
+def test_synthetic_recordings_vary_their_frame_rate_and_some_are_silent():
+    plan = {"numbers": np.array([1, 2, 3, 5, 6, 9, 10]), "va": np.zeros((7, 2)), "expression": np.zeros(7, int)}
+    draws = [sound.video_recording(plan, np.random.default_rng(seed)) for seed in range(300)]
+    silent = sum(samples is None for _, _, samples in draws) / len(draws)
+    variable = sum(not np.allclose(np.diff(times), np.diff(times)[0], atol=2e-6) for _, times, _ in draws) / len(draws)
+    assert abs(silent - sound.SILENT_RATE) < 0.06 and abs(variable - sound.VARIABLE_RATE) < 0.07
+    assert {record["fps"] for record, times, _ in draws if np.allclose(np.diff(times), np.diff(times)[0],
+                                                                       atol=2e-6)} == set(sound.FRAME_RATES)
+    for record, times, _ in draws:
+        assert len(times) == 10 and abs(record["fps"] - 9 / times[-1]) < 1e-4

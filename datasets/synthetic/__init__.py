@@ -4,7 +4,9 @@ The real ABAW4 data is licensed and cannot ship, so this module writes a stand-i
 are released (see ``/work/shared/SYNTHETIC.md`` and ``ABAW4.md``), and the per-video single-task VA, EXPR and AU
 tracks of ABAW2-8: it plans videos and images (identities, expression episodes as AU intensities, pose and look),
 derives their labels, renders them through worker processes with ``datasets.synthetic.render`` and marks a finished
-set in ``synthetic_meta.json``. Tests, the ``--demo`` of every entry point and the benchmarks use it;
+set in ``synthetic_meta.json``. The MTL set also carries each video's sound, rendered from the same latent traces by
+``datasets.synthetic.sound``, with its frame times, in the layout ``main_prepare.py`` writes (``audio/<video>.wav``,
+``times/<video>.txt``, ``videos.json``). Tests, the ``--demo`` of every entry point and the benchmarks use it;
 ``datasets.synthetic.cli`` is its command line (``python -m datasets.synthetic``)::
 
     python -m datasets.synthetic mtl OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
@@ -50,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import lsd, mtl, tracks
+from datasets.media import prepared
 from datasets.synthetic.render import (
     AU_COLUMN,
     DRAWN_AUS,
@@ -59,6 +62,7 @@ from datasets.synthetic.render import (
     sample_look,
     sample_pose,
 )
+from datasets.synthetic.sound import write_recordings
 from utils.abaw import AU_MISSING, AU_NUMBERS, EXPR_MISSING, EXPR_NAMES, LSD_CLASSES, VA_MISSING
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
@@ -129,15 +133,16 @@ TRACKS_AU_TEST_NAMES = "Action_Unit_Detection_Challenge_test_set_release.txt"
 _TRACKS_SAMPLE_HEADERS = {track: tracks.SUBMISSION_HEADERS[track.lower()] for track in ("VA", "EXPR")}
 
 # RNG keys: [seed, track code, stream, ...]. MTL streams: 0 video plan, 1 frame pixels (+ video, frame), 2 video
-# names, 3 videos without EXPR, 4 video annotations; the single-task tracks use these for their videos and add
-# their own streams: 0 the videos of each track, 1 the lines past the last crop. LSD: split code (+ image index) for
-# pixels, 3 the test order.
+# names, 3 videos without EXPR, 4 video annotations, 5 recordings (+ video); the single-task tracks use these for
+# their videos and add their own streams: 0 the videos of each track, 1 the lines past the last crop. LSD: split
+# code (+ image index) for pixels, 3 the test order.
 _TRACK_CODE = {"mtl": 1, "lsd": 2, "faces": 3, "tracks": 4}
 FACES_DIR = "faces"
 FACE_STYLES = ("video", "rendered", "photo")
 _LSD_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 _OWNED_PATHS = {
-    "mtl": (mtl.IMAGE_DIR, mtl.TRAIN_FILE, mtl.VAL_FILE, mtl.TEST_LIST_FILE, mtl.TEST_LABEL_FILE),
+    "mtl": (mtl.IMAGE_DIR, mtl.TRAIN_FILE, mtl.VAL_FILE, mtl.TEST_LIST_FILE, mtl.TEST_LABEL_FILE, prepared.AUDIO,
+            prepared.TIMES, prepared.VIDEOS_JSON),
     "lsd": (lsd.TRAIN_DIR, lsd.VAL_DIR, lsd.TEST_DIR, lsd.TEST_LIST_FILE, lsd.TEST_LABEL_FILE),
     "faces": (FACES_DIR,),
     "tracks": (mtl.IMAGE_DIR, TRACKS_ANNOTATION_DIR, TRACKS_VA_TEST_SAMPLE, TRACKS_EXPR_TEST_SAMPLE,
@@ -386,6 +391,7 @@ def generate_mtl(out_dir, videos=40, frames=50, size=112, seed=0, workers=None, 
         if split == "test":
             test_images.extend(f"{name}/{int(n):05d}.jpg" for n in plan["numbers"])
     workers_used = _render_videos(out_dir, names, plans, size, seed, workers, progress, "mtl frames")
+    silent = write_recordings(out_dir, names, plans, [seed, _TRACK_CODE["mtl"], 5])
 
     write_text_atomic(os.path.join(out_dir, mtl.TRAIN_FILE), _lines([_MTL_HEADER] + rows["train"]))
     write_text_atomic(os.path.join(out_dir, mtl.VAL_FILE), _lines([_MTL_HEADER] + rows["val"]))
@@ -393,7 +399,7 @@ def generate_mtl(out_dir, videos=40, frames=50, size=112, seed=0, workers=None, 
     write_text_atomic(os.path.join(out_dir, mtl.TEST_LABEL_FILE), _lines([_MTL_HEADER] + rows["test"]))
     counts = {"images": videos * frames, "videos": {split: splits.count(split) for split in rows},
               "frames": {split: len(rows[split]) for split in rows},
-              "videos_without_expr": sum(not flag for flag in has_expr)}
+              "videos_without_expr": sum(not flag for flag in has_expr), "videos_without_sound": silent}
     return _finish(out_dir, "mtl", params, counts, start_time, workers_used)
 
 

@@ -16,12 +16,20 @@ off it:
   microphone's gain differs per recording, so absolute loudness says little on its own.
 
 Every random choice comes from the ``rng`` passed in, so a trace and a generator state give the same samples.
+
+:func:`write_recordings` gives each video of a synthetic set its recording in the layout ``main_prepare.py`` writes
+(``datasets.media.prepared``): ``audio/<video>.wav``, ``times/<video>.txt`` (the time of every decoded frame, the
+numbering gaps included) and ``videos.json``. A video runs at 8, 10 or 12 frames per second, some at a variable rate
+(frame intervals that wander by up to a third), and some have no sound at all (no WAV, ``audio_seconds`` null).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from datasets.media import prepared
 from utils.abaw import EXPR_NAMES
 
 SAMPLE_RATE = 16000
@@ -43,6 +51,12 @@ PITCH_SHIFT_ST = (-1.5, 3.5)  # mean pitch relative to the speaker's base (semit
 PITCH_RANGE_ST = (1.0, 7.0)  # spread of syllable pitch (semitones) at arousal 0 and 1
 TILT = (1.7, 0.9)  # harmonic amplitude falls as k ** -tilt: steeper (darker) at arousal 0
 BURST_RATE_PER_S = {HAPPINESS: 0.35, SADNESS: 0.22, SURPRISE: 0.25, FEAR: 0.2}
+
+# Recordings of a synthetic set
+FRAME_RATES = (8.0, 10.0, 12.0)
+VARIABLE_RATE = 0.15  # share of videos at a variable frame rate
+SILENT_RATE = 0.1  # share of videos without sound
+TRACE_RATE = 50  # traces are resampled to this many values per second of sound (a 20 ms grid)
 
 
 def render_sound(valence, arousal, expression, fps: float, rng: np.random.Generator,
@@ -232,3 +246,57 @@ def _add(target: np.ndarray, sound: np.ndarray, start: int) -> None:
     first = max(start, 0)
     end = min(start + len(sound), len(target))
     target[first:end] += sound[first - start:end - start]
+
+
+def recording_times(numbers, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """(average fps, the time of each decoded frame 1 .. ``numbers[-1]``) of a video whose listed frames have the
+    frame ``numbers``: a constant rate, or for ``VARIABLE_RATE`` of videos intervals that wander around it."""
+    fps = float(rng.choice(FRAME_RATES))
+    count = int(numbers[-1])
+    intervals = np.full(count - 1, 1.0 / fps)
+    if rng.random() < VARIABLE_RATE:
+        wander = np.interp(np.arange(count - 1), np.linspace(0, max(count - 2, 0), 5), rng.uniform(-0.33, 0.33, 5))
+        intervals *= 1.0 + wander
+    times = np.concatenate([[0.0], np.cumsum(intervals)])
+    return (count - 1) / times[-1] if count > 1 else fps, np.round(times, 6)
+
+
+def video_recording(plan: dict, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE):
+    """(record for videos.json, frame times, samples or None) of one planned video of ``datasets.synthetic``: the
+    sound is rendered from its latent valence, arousal and expression (``plan["va"]``, ``plan["expression"]``, one
+    row per listed frame), resampled from the listed frames' times to a 20 ms grid."""
+    numbers = np.asarray(plan["numbers"], np.int64)
+    fps, times = recording_times(numbers, rng)
+    silent = rng.random() < SILENT_RATE
+    listed = times[numbers - 1]
+    duration = float(times[-1]) + 1.0 / fps  # the last frame lasts one average interval
+    grid = np.arange(int(round(duration * TRACE_RATE))) / TRACE_RATE
+    record = {"fps": round(fps, 6), "frames": int(numbers[-1]), "duration": round(duration, 6),
+              "audio_seconds": None, "tracks": {}}
+    if silent:
+        return record, times, None
+    valence = np.interp(grid, listed, plan["va"][:, 0])
+    arousal = np.interp(grid, listed, plan["va"][:, 1])
+    expression = plan["expression"][np.clip(np.searchsorted(listed, grid, side="right") - 1, 0, len(listed) - 1)]
+    samples = render_sound(valence, arousal, expression, TRACE_RATE, rng, sample_rate)
+    record["audio_seconds"] = round(len(samples) / sample_rate, 6)
+    return record, times, samples
+
+
+def write_recordings(out_dir, names: list, plans: list, rng_key: list) -> int:
+    """Write every video's sound, frame times and ``videos.json`` record (module docstring); video i draws from
+    ``np.random.default_rng(rng_key + [i])``. Returns the number of videos without sound."""
+    os.makedirs(os.path.join(out_dir, prepared.AUDIO), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, prepared.TIMES), exist_ok=True)
+    records, silent = {}, 0
+    for index, (name, plan) in enumerate(zip(names, plans)):
+        record, times, samples = video_recording(plan, np.random.default_rng(list(rng_key) + [index]))
+        record["tracks"] = {name: len(plan["numbers"])}
+        records[name] = record
+        prepared.write_frame_times(prepared.times_path(out_dir, name), times)
+        if samples is None:
+            silent += 1
+        else:
+            prepared.write_wav(prepared.wav_path(out_dir, name), samples)
+    prepared.write_videos(out_dir, records)
+    return silent
