@@ -4,6 +4,7 @@
     python -m datasets.synthetic tracks OUT_DIR [--videos 40] [--frames 50] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic lsd OUT_DIR [--per-class 200] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic faces OUT_DIR [--count 2000] [--size 112] [--seed 0] [--workers N]
+    python -m datasets.synthetic videos OUT_DIR [--videos 6] [--frames 60] [--width 640] [--height 360] [--seed 0]
 
 Exit status 0 when the set is written, 2 for a bad flag or a folder the generator must not write to.
 """
@@ -15,6 +16,7 @@ import sys
 
 from datasets import synthetic
 from datasets.synthetic import DEFAULTS, MAX_SIZE, MIN_SIZE
+from datasets.synthetic.videos import DEFAULTS as VIDEO_DEFAULTS
 from utils.errors import UserError
 
 
@@ -54,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("out_dir")
     faces.add_argument("--count", type=_bounded_int(1), default=DEFAULTS["faces"]["count"],
                        help="number of images (default 2000)")
+    raw = tracks.add_parser("videos", help="raw MP4 recordings of synthetic people with sound, their MTL annotations "
+                                           "and the true boxes and landmarks (datasets.synthetic.videos)")
+    raw.add_argument("out_dir")
+    raw.add_argument("--videos", type=_bounded_int(1), default=VIDEO_DEFAULTS["videos"],
+                     help=f"number of videos (default {VIDEO_DEFAULTS['videos']})")
+    raw.add_argument("--frames", type=_bounded_int(2), default=VIDEO_DEFAULTS["frames"],
+                     help=f"frames per video (default {VIDEO_DEFAULTS['frames']})")
+    raw.add_argument("--width", type=_bounded_int(MIN_SIZE, 3840), default=VIDEO_DEFAULTS["width"],
+                     help=f"frame width in pixels (default {VIDEO_DEFAULTS['width']})")
+    raw.add_argument("--height", type=_bounded_int(MIN_SIZE, 2160), default=VIDEO_DEFAULTS["height"],
+                     help=f"frame height in pixels (default {VIDEO_DEFAULTS['height']})")
+    raw.add_argument("--seed", type=_bounded_int(0), default=VIDEO_DEFAULTS["seed"], help="same seed, same bytes")
     for sub, track in ((mtl, "mtl"), (single, "tracks"), (lsd, "lsd"), (faces, "faces")):
         sub.add_argument("--size", type=_bounded_int(MIN_SIZE, MAX_SIZE), default=DEFAULTS[track]["size"],
                          help="image side in pixels")
@@ -66,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.track == "videos":
+        from datasets.synthetic.videos import generate_videos
+
+        summary = generate_videos(args.out_dir, videos=args.videos, frames=args.frames, width=args.width,
+                                  height=args.height, seed=args.seed)
+        print(f"synthetic videos: wrote {summary['videos']} videos of {args.frames} frames at {args.width}x"
+              f"{args.height} to {args.out_dir} in {summary['seconds']:.1f} s")
+        return 0
     common = {"size": args.size, "seed": args.seed, "workers": args.workers, "progress": not args.no_progress}
     try:
         if args.track == "mtl":
