@@ -15,6 +15,12 @@ feature file).
 
 Padding and frames without a feature (``available`` False) are invalid: the model masks them out and the loss
 skips them (their targets carry the missing codes).
+
+Sound: with ``audio`` (per-frame audio features, rows of the same list) a window also carries its audio features and
+an audio mask (False on padding, on frames without sound, and for a whole training window whose audio was dropped:
+``audio_dropout``, drawn per window and epoch like the offset, so that the model learns to predict videos without
+sound). ``audio_centre`` subtracts each video's mean audio feature over its frames with sound (the recording's
+level and channel, which a microphone sets, drop out).
 """
 
 from __future__ import annotations
@@ -62,9 +68,11 @@ class _Windows:
     """
 
     def __init__(self, features: np.ndarray, images, window: int, stride: int, available: np.ndarray | None = None,
-                 centre: tuple[int, int] | None = None):
-        if len(features) != len(images):
-            raise ValueError(f"{len(features)} feature rows for {len(images)} frames")
+                 centre: tuple[int, int] | None = None, audio: np.ndarray | None = None,
+                 audio_available: np.ndarray | None = None, audio_centre: bool = False):
+        if len(features) != len(images) or (audio is not None and len(audio) != len(images)):
+            raise ValueError(f"{len(features)} feature rows and {None if audio is None else len(audio)} audio rows "
+                             f"for {len(images)} frames")
         self.features, self.window, self.stride = features, window, stride
         self.runs, self.gaps = video_runs(images)
         self.available = np.ones(len(images), bool) if available is None else np.asarray(available, bool)
@@ -78,9 +86,22 @@ class _Windows:
                 kept = rows[self.available[rows]]
                 if len(kept):
                     self.means[video] = np.asarray(self.features[kept, first:end], np.float64).mean(axis=0)
+        self.audio, self.audio_means = audio, None
+        if audio is not None:
+            self.audio_available = (np.ones(len(images), bool) if audio_available is None
+                                    else np.asarray(audio_available, bool))
+            if audio_centre:
+                self.audio_video = np.zeros(len(images), np.int64)
+                self.audio_means = np.zeros((len(self.runs), audio.shape[1]), np.float32)
+                for video, rows in enumerate(self.runs):
+                    self.audio_video[rows] = video
+                    heard = rows[self.audio_available[rows]]
+                    if len(heard):
+                        self.audio_means[video] = np.asarray(audio[heard], np.float64).mean(axis=0)
 
-    def gather(self, rows: np.ndarray):
-        """(features (T, D), gaps (T,), valid (T,)) of a window's rows, -1 marking padding."""
+    def gather(self, rows: np.ndarray, drop_audio: bool = False):
+        """(features (T, D), gaps (T,), valid (T,)) of a window's rows, -1 marking padding; with sound also
+        (audio (T, A), audio_valid (T,)), the audio of every frame masked when ``drop_audio``."""
         valid = rows >= 0
         safe = np.where(valid, rows, 0)
         features = np.array(self.features[safe], dtype=np.float32)
@@ -89,7 +110,15 @@ class _Windows:
             features[:, first:end] -= self.means[self.row_video[safe]]
         valid &= self.available[safe]
         features[~valid] = 0.0
-        return torch.from_numpy(features), torch.from_numpy(self.gaps[safe] * valid), torch.from_numpy(valid)
+        inputs = (torch.from_numpy(features), torch.from_numpy(self.gaps[safe] * valid), torch.from_numpy(valid))
+        if self.audio is None:
+            return inputs
+        audio = np.array(self.audio[safe], dtype=np.float32)
+        if self.audio_means is not None:
+            audio -= self.audio_means[self.audio_video[safe]]
+        heard = valid & self.audio_available[safe] & (not drop_audio)
+        audio[~heard] = 0.0
+        return inputs + (torch.from_numpy(audio), torch.from_numpy(heard))
 
     def window_rows(self, run: np.ndarray, start: int) -> np.ndarray:
         rows = np.full(self.window, -1, np.int64)
@@ -101,8 +130,8 @@ class _Windows:
 class WindowSet(_Windows, Dataset):
     """Evaluation windows; item ``i`` is ``((features, gaps, valid), i)``."""
 
-    def __init__(self, features, images, window: int, stride: int, available=None, centre=None):
-        super().__init__(features, images, window, stride, available, centre)
+    def __init__(self, features, images, window: int, stride: int, available=None, centre=None, **audio):
+        super().__init__(features, images, window, stride, available, centre, **audio)
         self.table = np.array([self.window_rows(run, start) for run in self.runs
                                for start in window_starts(len(run), window, stride)], dtype=np.int64)
         self.table = self.table.reshape(-1, window)
@@ -145,8 +174,9 @@ class TrainWindows(_Windows, Dataset):
     :class:`WindowAugment` (``AugmentedDataset`` passes the slot and its drawn offset)."""
 
     def __init__(self, features, images, targets: np.ndarray, window: int, stride: int, available=None,
-                 centre=None):
-        super().__init__(features, images, window, stride, available, centre)
+                 centre=None, audio_dropout: float = 0.0, **audio):
+        super().__init__(features, images, window, stride, available, centre, **audio)
+        self.audio_dropout = audio_dropout
         self.targets = np.asarray(targets, np.float32)
         self.slots = np.array([(v, start) for v, run in enumerate(self.runs)
                                for start in window_starts(len(run), window, stride)], dtype=np.int64).reshape(-1, 2)
@@ -157,11 +187,12 @@ class TrainWindows(_Windows, Dataset):
     def __getitem__(self, index: int):
         return index, index
 
-    def sample(self, index: int, offset: int):
-        """Slot ``index``'s window shifted back by ``offset``: (features, gaps, valid), targets (T, 15)."""
+    def sample(self, index: int, offset: int, drop_audio: bool = False):
+        """Slot ``index``'s window shifted back by ``offset``: (features, gaps, valid[, audio, audio_valid]),
+        targets (T, 15)."""
         video, start = self.slots[index]
         rows = self.window_rows(self.runs[video], int(start) - offset)
-        inputs = self.gather(rows)
+        inputs = self.gather(rows, drop_audio)
         targets = np.where(inputs[2].numpy()[:, None], self.targets[np.where(rows >= 0, rows, 0)], MISSING_ROW)
         return inputs, torch.from_numpy(targets.astype(np.float32))
 
@@ -172,11 +203,16 @@ class WindowAugment:
     def __init__(self, windows: TrainWindows):
         self.windows = windows
 
-    def params(self, rng) -> int:
-        return rng.randrange(self.windows.stride)
+    def params(self, rng):
+        """The window's offset; with sound, (offset, whether its audio is dropped)."""
+        offset = rng.randrange(self.windows.stride)
+        if self.windows.audio is None:
+            return offset
+        return offset, rng.random() < self.windows.audio_dropout
 
     def collate(self, samples: list):
-        """``AugmentedDataset`` samples ``((slot, offset), slot)`` -> ``((features, gaps, valid), targets, [])``."""
-        cut = [self.windows.sample(slot, offset) for (slot, offset), _ in samples]
+        """``AugmentedDataset`` samples ``((slot, params), slot)`` -> ``(inputs, targets, [])``."""
+        cut = [self.windows.sample(slot, *(drawn if isinstance(drawn, tuple) else (drawn,)))
+               for (slot, drawn), _ in samples]
         inputs = tuple(torch.stack(column) for column in zip(*(inputs for inputs, _ in cut)))
         return inputs, torch.stack([targets for _, targets in cut]), []

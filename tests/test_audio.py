@@ -2,6 +2,7 @@
 main_temporal.py with --audio."""
 
 import numpy as np
+import pytest
 
 from datasets.synthetic import sound
 from utils.abaw import EXPR_NAMES
@@ -92,3 +93,92 @@ def test_synthetic_recordings_vary_their_frame_rate_and_some_are_silent():
                                                                        atol=2e-6)} == set(sound.FRAME_RATES)
     for record, times, _ in draws:
         assert len(times) == 10 and abs(record["fps"] - 9 / times[-1]) < 1e-4
+
+
+# ---- per-frame audio features
+
+
+def numpy_log_mel(samples, n_mels=64, n_fft=400, hop=160, sample_rate=16000):
+    """Log mel energies computed directly: Hann-windowed frames, power spectrum, HTK-scale triangular filters."""
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    count = (len(samples) - n_fft) // hop + 1
+    power = np.array([np.abs(np.fft.rfft(samples[j * hop:j * hop + n_fft] * window)) ** 2 for j in range(count)])
+    top = 2595 * np.log10(1 + sample_rate / 2 / 700)
+    edges = [700 * (10 ** (m / 2595) - 1) for m in np.linspace(0, top, n_mels + 2)]
+    filters = np.zeros((n_fft // 2 + 1, n_mels))
+    for k in range(n_fft // 2 + 1):
+        frequency = k * sample_rate / n_fft
+        for m in range(n_mels):
+            low, centre, high = edges[m], edges[m + 1], edges[m + 2]
+            if low <= frequency <= centre:
+                filters[k, m] = (frequency - low) / (centre - low)
+            elif centre < frequency <= high:
+                filters[k, m] = (high - frequency) / (high - centre)
+    return np.log(np.maximum(power @ filters, 1e-6))
+
+
+def test_log_mel_matches_a_direct_numpy_computation():
+    import torch
+
+    from datasets.media.audio import LogMel
+
+    samples = np.random.default_rng(0).normal(0, 0.1, 8000) * np.sin(np.linspace(0, 20, 8000))
+    expected = numpy_log_mel(samples)
+    ours = LogMel()(torch.from_numpy(samples.astype(np.float32))[None])[0].numpy()
+    assert ours.shape == expected.shape == (48, 64)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(LogMel().encode(samples.astype(np.float32)), expected, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("rate", ["constant", "variable"])
+def test_each_frame_takes_the_window_centred_on_its_time(rate):
+    from datasets.media.audio import pool_windows
+
+    rng = np.random.default_rng(1)
+    hop, offset, window = 0.01, 0.0125, 0.5
+    sequence = rng.normal(size=(600, 3))  # 6 s of elements centred at offset + j * hop
+    intervals = np.full(80, 1 / 12) if rate == "constant" else rng.uniform(0.04, 0.13, 80)
+    times = np.concatenate([[0.0], np.cumsum(intervals)])  # runs past the end of the sound
+    features, available = pool_windows(sequence, offset, hop, times, window)
+    centres = offset + hop * np.arange(len(sequence))
+    for k, t in enumerate(times):
+        inside = (centres >= t - window / 2) & (centres < t + window / 2)
+        assert available[k] == inside.any()
+        if inside.any():
+            np.testing.assert_allclose(features[k], np.concatenate([sequence[inside].mean(0), sequence[inside].std(0)]),
+                                       rtol=1e-4, atol=1e-5)
+        else:
+            assert (features[k] == 0).all() and t > 6.0
+    assert available.sum() < len(times)  # frames past the end of the sound have none
+
+
+def test_a_frames_audio_feature_comes_from_the_sound_around_its_time(mtl_data, tmp_path):
+    """Through the whole pipeline on the synthetic set: WAV, times file, frame number, window, log-mel."""
+    import json
+    import wave
+
+    from datasets import mtl as mtl_reader
+    from engine.audio_features import AudioSource, split_audio
+
+    images = list(mtl_reader.read_annotations(str(mtl_data / mtl_reader.TRAIN_FILE)).images)
+    source = AudioSource("logmel", None, 0.4, "fp32")
+    sound = split_audio(source, str(mtl_data / "audio"), "train", images, str(tmp_path), None, None)
+    videos = json.loads((mtl_data / "videos.json").read_text())["videos"]
+    checked = 0
+    for row in range(0, len(images), 5):
+        video, frame = images[row].split("/")
+        if videos[video]["audio_seconds"] is None:
+            assert not sound.available[row] and (sound.array[row] == 0).all()
+            continue
+        with wave.open(str(mtl_data / "audio" / f"{video}.wav")) as handle:
+            samples = np.frombuffer(handle.readframes(handle.getnframes()), "<i2") / 32768.0
+        t = np.loadtxt(mtl_data / "times" / f"{video}.txt")[int(frame[:5]) - 1]
+        mel = numpy_log_mel(samples)
+        centres = (200 + 160 * np.arange(len(mel))) / 16000
+        inside = (centres >= t - 0.2) & (centres < t + 0.2)
+        assert sound.available[row] == inside.any()
+        if inside.any():
+            np.testing.assert_allclose(sound.array[row], np.concatenate([mel[inside].mean(0), mel[inside].std(0)]),
+                                       rtol=1e-3, atol=2e-3)
+            checked += 1
+    assert checked >= 5

@@ -11,18 +11,26 @@ that evaluation assembles from the overlapping windows.
 With EMMA features that include its output row (``heads``), evaluation also reports the backbone's own frame-level
 scores on the same test frames (``frame_p_mtl``, and ``frame_p_mtl_smoothed`` with VA smoothing chosen on
 validation), so the temporal model's gain is measured against the same backbone.
+
+Sound (``--audio logmel`` or a speech encoder): each listed frame also gets the audio features of a window centred on
+its time (``engine.audio_features``, cached like the frame features), a second stream that the model fuses with the
+first (``--fusion``); frames without sound are masked, and training drops the sound of a share of its windows
+(``--audio-dropout``) so that videos without sound are predicted well. ``--features none`` leaves the frame features
+out: a model of the sound alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from functools import cached_property
 
 from datasets import mtl
 from datasets.temporal import TrainWindows, WindowAugment, WindowSet, collate_windows
+from engine import audio_features as audio_store
 from engine import features as feature_store
-from engine.cli import positive_int, ratio
+from engine.cli import non_negative_int, positive_int, ratio
 from engine.task import Selection, model_from_checkpoint, write_metrics
 from engine.tasks.mtl import MTLTask, add_mtl_output_flags, add_task_flags, check_mtl_output_flags, check_task_flags
 from utils import abaw, dist, metrics
@@ -32,6 +40,13 @@ from utils.monitor import log
 # Flags of the shared parser that describe an image model: the backbone's checkpoint decides those.
 IMAGE_MODEL_FLAGS = ("mae_ckpt", "vit", "img_size", "patch_size", "patch_embed", "stem_blocks", "global_pool",
                      "drop_path", "layer_decay")
+
+
+def seconds(text):
+    value = float(text)
+    if not 0.0 < value < 60.0:
+        raise argparse.ArgumentTypeError(f"must be a duration in seconds, in (0, 60), got {text}")
+    return value
 
 
 def demo_backbones(args) -> list[str]:
@@ -67,6 +82,8 @@ class TemporalTask(MTLTask):
         self.parts = args.features
         self.window, self.stride = args.window, args.stride
         self.video_norm = args.video_norm
+        self.audio_choice, self.audio_layer, self.audio_window = args.audio, args.audio_layer, args.audio_window
+        self.audio_norm, self.fusion = args.audio_norm, args.fusion
         self._windows = {}
 
     # ---- command line
@@ -84,7 +101,8 @@ class TemporalTask(MTLTask):
                                "(default: %(default)s, one backbone)")
         data.add_argument("--features", default="auto", metavar="{auto,PARTS}",
                           help="comma list of feature parts: vit (pooled ViT feature), heads (EMMA's output row), dan "
-                               "(EMMA's DAN scores); auto: all the backbone offers (default: %(default)s)")
+                               "(EMMA's DAN scores); auto: all the backbone offers; none: no frame features, a model "
+                               "of the sound alone (with --audio) (default: %(default)s)")
         data.add_argument("--video-norm", choices=["mean", "none"], default="mean",
                           help="mean: subtract each video's mean ViT feature (over its listed frames) from its frames' "
                                "ViT features, a per-person normalisation that removes what a video holds constant "
@@ -93,6 +111,22 @@ class TemporalTask(MTLTask):
                           help="where features are cached, by content key (default: <output-dir>/features)")
         data.add_argument("--extract-batch-size", type=positive_int, default=64, metavar="N",
                           help="frames per batch of feature extraction (default: %(default)s)")
+        data.add_argument("--audio", default="none", metavar="{none,logmel,PATH_OR_ID}",
+                          help="the videos' sound as a second stream: logmel (a log-mel spectrogram, no weights), or a "
+                               "Hugging Face speech encoder (Wav2Vec2, HuBERT, WavLM: a save_pretrained folder, or a "
+                               "hub id in the local cache); none: frame features only (default: %(default)s)")
+        data.add_argument("--audio-dir", metavar="DIR",
+                          help="the WAV files (<video>.wav), with videos.json and times/ of main_prepare.py beside "
+                               "this folder (default: <data-dir>/audio)")
+        data.add_argument("--audio-layer", type=non_negative_int, default=None, metavar="K",
+                          help="the speech encoder's hidden state: 0 its convolutional features, k the output of "
+                               "transformer layer k (default: the middle layer)")
+        data.add_argument("--audio-window", type=seconds, default=1.0, metavar="SECONDS",
+                          help="each frame takes the mean and standard deviation of the audio features over this "
+                               "long a window centred on its time (default: %(default)s)")
+        data.add_argument("--audio-norm", choices=["mean", "none"], default="mean",
+                          help="mean: subtract each video's mean audio feature over its frames with sound (what the "
+                               "microphone and room hold constant); none: as extracted (default: %(default)s)")
         model = groups["model"]
         model.add_argument("--temporal", choices=["transformer", "tcn"], default="transformer",
                            help="sequence model (default: %(default)s)")
@@ -110,6 +144,13 @@ class TemporalTask(MTLTask):
                            help="position embedding of the transformer (default: %(default)s)")
         model.add_argument("--tcn-kernel", type=positive_int, default=5, metavar="K",
                            help="TCN kernel size, odd (default: %(default)s)")
+        model.add_argument("--fusion", choices=["concat", "cross"], default="concat",
+                           help="how sound joins the frame features: concat (each stream its own projection, joined "
+                                "per frame) or cross (the frames attend to the window's sound) (default: "
+                                "%(default)s)")
+        model.add_argument("--audio-dropout", type=ratio, default=0.3, metavar="P",
+                           help="share of training windows whose sound is dropped (modality dropout), so that videos "
+                                "without sound are predicted well (default: %(default)s)")
         add_task_flags(groups)
         add_mtl_output_flags(groups)
 
@@ -129,9 +170,15 @@ class TemporalTask(MTLTask):
             error(f"{', '.join('--' + flag.replace('_', '-') for flag in wrong)}: the backbone's checkpoint "
                   f"(--backbone-ckpt) decides the image model; main_temporal.py's own model flags are --temporal, "
                   f"--window, --stride, --layers, --heads, --width, --dropout, --positions, --tcn-kernel")
-        if not args.backbone_ckpt and not args.eval:
+        if args.features == "none" and args.audio == "none" and not args.eval:
+            error("--features none leaves the model no input; give --audio (logmel or a speech encoder)")
+        if args.audio == "none" and not args.eval:
+            wrong = [flag for flag in ("audio_dir", "audio_layer", "audio_window") if flag in typed]
+            if wrong:
+                error(f"{', '.join('--' + flag.replace('_', '-') for flag in wrong)} without --audio: no sound is read")
+        if not args.backbone_ckpt and not args.eval and args.features != "none":
             error("--backbone-ckpt is required: the checkpoint whose per-frame features the temporal model reads")
-        for path in args.backbone_ckpt or []:
+        for path in (args.backbone_ckpt or []) if args.features != "none" else []:
             if not os.path.isfile(path) and not args.demo:
                 error(f"--backbone-ckpt {path}: no such file")
         if args.backbone_ckpt and len(args.backbone_ckpt) != args.folds:
@@ -146,7 +193,7 @@ class TemporalTask(MTLTask):
     @staticmethod
     def prepare_demo(args) -> None:
         """Train the MTL demo first (one per fold with --folds) where its checkpoint, the demo's backbone, is absent."""
-        if "backbone_ckpt" in args.typed:
+        if "backbone_ckpt" in args.typed or args.features == "none":
             return
         from engine.cli import parse_args
         from engine.runner import train
@@ -167,11 +214,17 @@ class TemporalTask(MTLTask):
         return dist.setup(self.args.device)
 
     @cached_property
-    def backbone(self) -> feature_store.Backbone:
+    def precision_name(self) -> str:
         from engine.runtime import resolve_precision
 
         dtype = resolve_precision(self.args.precision, self.device)
-        name = "fp32" if dtype is None else str(dtype).replace("torch.", "")
+        return "fp32" if dtype is None else str(dtype).replace("torch.", "")
+
+    @cached_property
+    def backbone(self) -> feature_store.Backbone:
+        name = self.precision_name
+        if self.parts == "none":
+            return NoFrameFeatures()
         if len(self.backbone_path) > 1:
             return feature_store.FoldBackbones(self.backbone_path, self.parts, name)
         return feature_store.Backbone(self.backbone_path[0], self.parts, name)
@@ -202,13 +255,44 @@ class TemporalTask(MTLTask):
         """The columns that ``--video-norm mean`` centres per video (the ViT feature), or None."""
         return features.columns.get("vit") if self.video_norm == "mean" else None
 
+    # ---- sound
+    @cached_property
+    def audio(self) -> audio_store.AudioSource | None:
+        if self.audio_choice == "none":
+            return None
+        return audio_store.AudioSource(self.audio_choice, self.audio_layer, self.audio_window, self.precision_name)
+
+    def audio_dir(self) -> str:
+        return self.args.audio_dir or os.path.join(self.args.data_dir, "audio")
+
+    def split_audio(self, split: str, images) -> dict:
+        """The keyword arguments of a window set for the sound of ``images`` (none without ``--audio``)."""
+        if self.audio is None:
+            return {}
+        from engine.runtime import make_autocast, resolve_precision
+
+        autocast = make_autocast(self.device, resolve_precision(self.args.precision, self.device))
+        sound = audio_store.split_audio(self.audio, self.audio_dir(), split, list(images), self.feature_dir(),
+                                        self.device, autocast)
+        if split == self.sound_check and not sound.available.any():
+            raise UserError(f"--audio {self.audio_choice}: no sound found for any {split} frame in "
+                            f"{self.audio_dir()} (every video silent, or no WAV there); drop --audio or name the WAV "
+                            f"folder with --audio-dir")
+        return dict(audio=sound.array, audio_available=sound.available, audio_centre=self.audio_norm == "mean")
+
+    @property
+    def sound_check(self) -> str:
+        """The split that must hold some sound: training's, or validation's for --eval."""
+        return "val" if self.args.eval else "train"
+
     # ---- data
     def train_split(self):
         annotations = self.train_annotations
         self.loss_fn  # noqa: B018 - built now, so that its message comes with the data's
         features = self.train_features
         windows = TrainWindows(features.array, annotations.images, annotations.targets, self.window, self.stride,
-                               features.available, self.centre(features))
+                               features.available, self.centre(features), audio_dropout=self.args.audio_dropout,
+                               **self.split_audio("train", annotations.images))
         self._windows["train"] = windows
         log(f"training windows: {len(windows)} of {self.window} frames (stride {self.stride}) over "
             f"{len(windows.runs)} videos")
@@ -217,15 +301,17 @@ class TemporalTask(MTLTask):
     def val_split(self):
         if "val" not in self._windows:
             features = self.val_features
-            self._windows["val"] = WindowSet(features.array, self.val_annotations.images, self.window, self.stride,
-                                             features.available, self.centre(features))
+            images = self.val_annotations.images
+            self._windows["val"] = WindowSet(features.array, images, self.window, self.stride, features.available,
+                                             self.centre(features), **self.split_audio("val", images))
         return self._windows["val"]
 
     def test_split(self):
         if "test" not in self._windows:
             features = self.test_features
             self._windows["test"] = None if features is None else WindowSet(
-                features.array, self._test[0], self.window, self.stride, features.available, self.centre(features))
+                features.array, self._test[0], self.window, self.stride, features.available, self.centre(features),
+                **self.split_audio("test", self._test[0]))
         return self._windows["test"]
 
     def train_augment(self, img_size):
@@ -244,10 +330,14 @@ class TemporalTask(MTLTask):
 
     def model_config(self) -> dict:
         a = self.args
-        return dict(name="temporal", in_dim=int(self.train_features.array.shape[1]), kind=a.temporal, width=a.width,
-                    layers=a.layers, heads=a.heads, dropout=a.dropout, positions=a.positions, window=self.window,
-                    kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH,
-                    features=dict(self.backbone.describe(), video_norm=self.video_norm))
+        config = dict(name="temporal", in_dim=int(self.train_features.array.shape[1]), kind=a.temporal, width=a.width,
+                      layers=a.layers, heads=a.heads, dropout=a.dropout, positions=a.positions, window=self.window,
+                      kernel=a.tcn_kernel, out_width=abaw.OUTPUT_WIDTH,
+                      features=dict(self.backbone.describe(), video_norm=self.video_norm))
+        if self.audio is not None:  # a model without sound keeps the config it always had
+            config.update(audio_dim=self.audio.dim, fusion=self.fusion,
+                          audio=dict(self.audio.describe(), norm=self.audio_norm))
+        return config
 
     def check_model_flags(self, config: dict, path: str) -> None:
         super().check_model_flags(config, path)
@@ -261,10 +351,24 @@ class TemporalTask(MTLTask):
         if trained_on.get("video_norm", "none") != self.video_norm:
             raise UserError(f"{path} was trained with --video-norm {trained_on.get('video_norm', 'none')}, not "
                             f"{self.video_norm}; drop the flag")
+        heard = config.get("audio")
+        if (heard or {}).get("key") != (None if self.audio is None else self.audio.key):
+            trained = "without sound" if not heard else (f"on the sound of --audio {heard.get('audio')} (layer "
+                                                         f"{heard.get('layer')}, {heard.get('window')} s windows, "
+                                                         f"{heard.get('precision')})")
+            raise UserError(f"{path} was trained {trained}, not with --audio {self.audio_choice}"
+                            + ("" if self.audio is None else f" (layer {self.audio.describe()['layer']}, "
+                               f"{self.audio_window:g} s windows, {self.audio.precision})")
+                            + "; drop the audio flags, the checkpoint's are used")
+        if heard and heard.get("norm", "mean") != self.audio_norm:
+            raise UserError(f"{path} was trained with --audio-norm {heard.get('norm')}, not {self.audio_norm}; drop "
+                            f"the flag")
 
     def load_pretrained(self, model) -> None:
+        sound = "" if self.audio is None else (f", and the sound ({self.audio_choice}, {self.audio.dim} values per "
+                                               f"frame, {self.fusion} fusion)")
         log(f"temporal {self.args.temporal} from random weights over the features of {self.backbone.path} "
-            f"({', '.join(self.backbone.parts)}; {model.config['in_dim']} values per frame)")
+            f"({', '.join(self.backbone.parts) or 'none'}; {model.config['in_dim']} values per frame){sound}")
 
     def load_for_eval(self, path: str):
         from utils.checkpoint import load_checkpoint
@@ -275,7 +379,20 @@ class TemporalTask(MTLTask):
             raise UserError(f"{path} is not a temporal model's checkpoint (main_temporal.py trains those)")
         trained_on = config.get("features", {})
         typed = set(self.args.typed)
-        if "backbone_ckpt" not in typed:
+        heard = config.get("audio") or {}
+        if "audio" not in typed:  # the sound the checkpoint was trained on, unless the flags say otherwise
+            self.audio_choice = heard.get("audio", "none")
+            if "audio_layer" not in typed and heard.get("audio") not in (None, "logmel"):
+                self.audio_layer = heard.get("layer")
+            if "audio_window" not in typed and heard:
+                self.audio_window = float(heard["window"])
+        if "audio_norm" not in typed and heard:
+            self.audio_norm = heard.get("norm", "mean")
+        if "fusion" not in typed and heard:
+            self.fusion = config.get("fusion", "concat")
+        if trained_on.get("key") == NoFrameFeatures.key and "features" not in typed:
+            self.parts = "none"
+        elif "backbone_ckpt" not in typed:
             recorded = trained_on.get("backbone") or []
             self.backbone_path = [recorded] if isinstance(recorded, str) else list(recorded)
             absent = [name for name in self.backbone_path if not os.path.isfile(name)]
@@ -320,8 +437,9 @@ class TemporalTask(MTLTask):
 
     # ---- training and prediction
     def loss(self, model, batch):
-        (features, gaps, valid), targets = batch
-        outputs = model(features, gaps, valid)
+        inputs, targets = batch  # (features, gaps, valid[, audio, audio_valid]), per-frame targets
+        valid = inputs[2]
+        outputs = model(*inputs)
         return self.loss_fn(outputs[valid], targets[valid])
 
     def predict(self, model, inputs):
@@ -378,6 +496,25 @@ class TemporalTask(MTLTask):
         name = (f"synthetic test P_MTL of the temporal model (the backbone's frame-level P_MTL "
                 f"{test['frame_p_mtl']:.4f}, with VA smoothing {test['frame_p_mtl_smoothed']:.4f})")
         return name, score[1], score[2]
+
+
+class NoFrameFeatures:
+    """``--features none``: no frame features (a model of the sound alone); windows still run over the listed
+    frames, with their gaps."""
+
+    key = "none"
+    parts = ()
+    path = "no backbone"
+    precision = None
+    checkpoint = {}
+
+    def describe(self) -> dict:
+        return {"backbone": None, "key": self.key, "parts": []}
+
+    def split_features(self, split: str, images, dataset, feature_dir: str, args, device):
+        import numpy as np
+
+        return feature_store.SplitFeatures(np.zeros((len(images), 0), np.float32), np.ones(len(images), bool), {})
 
 
 def _identity(inputs):
