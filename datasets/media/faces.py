@@ -184,17 +184,16 @@ class Tracker:
         face.track = track.ident
 
     def finish(self) -> tuple[dict[int, int], list[int], int]:
-        """End tracking: returns ``(person, order, dropped)``: ``person`` maps every kept track id to the id of the
-        person it belongs to (joined tracks share one), ``order`` lists the persons (left to right by mean horizontal
-        position when there are two, else by first appearance), ``dropped`` counts tracks shorter than
-        ``min_length`` (their faces are not kept)."""
+        """End tracking: returns ``(person, order, dropped)``. Tracks that never overlap in time are first joined
+        into one person where a later one starts within ``join_gap`` frames of an earlier one's end, near where it
+        ended and at a similar size (someone who left the frame for a moment); a person seen in fewer than
+        ``min_length`` frames is then dropped (a spurious detection) and counted in ``dropped``. ``person`` maps the
+        kept track ids to their person's id (its first track's), ``order`` lists the persons: left to right by mean
+        horizontal position when there are two, else by first appearance."""
         tracks = sorted(self.ended + self.active, key=lambda t: (t.first, t.ident))
         self.ended, self.active = tracks, []
-        kept = [t for t in tracks if t.length >= self.min_length]
-        dropped = len(tracks) - len(kept)
-        person = {}
         chains: list[list[_Track]] = []
-        for track in kept:  # join a track to the chain whose last track ended nearest before it, where it ended
+        for track in tracks:  # join a track to the chain that ended nearest before it, where it ended
             best, best_distance = None, None
             for chain in chains:
                 tail = chain[-1]
@@ -209,14 +208,14 @@ class Tracker:
                 chains.append([track])
             else:
                 best.append(track)
-        for chain in chains:
-            for track in chain:
-                person[track.ident] = chain[0].ident
-        if len(chains) == 2:
+        kept = [chain for chain in chains if sum(t.length for t in chain) >= self.min_length]
+        dropped = len(chains) - len(kept)
+        person = {track.ident: chain[0].ident for chain in kept for track in chain}
+        if len(kept) == 2:
             def mean_x(chain):
                 return sum(t.centre_x_sum for t in chain) / sum(t.length for t in chain)
-            chains.sort(key=mean_x)
-        order = [chain[0].ident for chain in chains]
+            kept.sort(key=mean_x)
+        order = [chain[0].ident for chain in kept]
         return person, order, dropped
 
 

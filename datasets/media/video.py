@@ -3,7 +3,7 @@
 Frames come one at a time in the order the decoder gives them (presentation order), numbered from 1, each with its
 time in seconds from the first frame, taken from the frame's own timestamp: a phone's variable frame rate keeps
 its real timing. The stream's display matrix (the rotation flag of a phone video) is applied, so the images are
-upright as a player shows them. The sound is resampled to 16 kHz mono, and aligned so that sample 0 is the moment of
+upright as a player shows them. The sound is resampled to 16 kHz, its channels averaged to mono, and aligned so that sample 0 is the moment of
 frame 1 (the first frame's time): the sound of frame k starts at sample ``round(time_k * 16000)``.
 
 Nothing holds a whole video: frames and sound chunks are generated as they are decoded.
@@ -165,7 +165,9 @@ def read_audio(path: str, origin: float, sample_rate: int = SAMPLE_RATE):
         if not container.streams.audio:
             return
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # the source's channels are kept through the resampler and averaged here: FFmpeg's own downmix to mono adds
+        # them at -3 dB each, 1.4 times louder than either when they agree, and may clip
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         skip = None  # samples to cut (> 0) or silence to add (< 0) before the first chunk
         try:
             for packet in container.demux(stream):
@@ -176,14 +178,14 @@ def read_audio(path: str, origin: float, sample_rate: int = SAMPLE_RATE):
                         if skip < 0:
                             yield np.zeros(-skip, np.float32)
                     for chunk in resampler.resample(frame):
-                        samples = chunk.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                        samples = _mono(chunk)
                         if skip > 0:
                             cut = min(skip, len(samples))
                             samples, skip = samples[cut:], skip - cut
                         if len(samples):
                             yield samples
             for chunk in resampler.resample(None):
-                samples = chunk.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                samples = _mono(chunk)
                 if skip and skip > 0:
                     cut = min(skip, len(samples))
                     samples, skip = samples[cut:], skip - cut
@@ -193,6 +195,11 @@ def read_audio(path: str, origin: float, sample_rate: int = SAMPLE_RATE):
             raise MediaError(f"{path}: the sound cannot be decoded ({_reason(err)})") from None
     finally:
         container.close()
+
+
+def _mono(chunk) -> np.ndarray:
+    planes = chunk.to_ndarray()  # (channels, samples) in a planar format
+    return planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0].astype(np.float32, copy=False)
 
 
 def find_videos(paths) -> list[str]:
