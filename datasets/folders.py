@@ -77,8 +77,11 @@ def find_images(roots) -> ImageSet:
 
 
 def _walk(root: str) -> tuple[list[str], int]:
+    """(image paths under ``root``, count of other files). A folder reached twice (a symbolic link back up the tree,
+    or to a folder already listed) is listed once."""
     found, skipped = [], 0
     pending = [""]
+    listed = {_folder_identity(root)}
     while pending:
         relative = pending.pop()
         folder = os.path.join(root, relative) if relative else root
@@ -92,8 +95,16 @@ def _walk(root: str) -> tuple[list[str], int]:
             if entry.name.startswith("."):
                 continue
             name = f"{relative}/{entry.name}" if relative else entry.name
-            if entry.is_dir():
-                subfolders.append(name)
+            try:
+                is_dir = entry.is_dir()
+                identity = _folder_identity(entry.path) if is_dir else None
+            except OSError:  # a link that leads nowhere, or round in a circle
+                skipped += 1
+                continue
+            if is_dir:
+                if identity not in listed:
+                    listed.add(identity)
+                    subfolders.append(name)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(name)
             else:
@@ -102,15 +113,27 @@ def _walk(root: str) -> tuple[list[str], int]:
     return found, skipped
 
 
+def _folder_identity(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 def read_list_file(path: str) -> list[str]:
     """Image paths of a list file: the first field (comma or white space separated) of each line naming an image
     file; other lines (a header, blank lines) are skipped. CelebA's partition files and the ABAW annotation and test
     list files qualify as they are."""
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            lines = handle.read().splitlines()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as err:
         raise UserError(f"cannot read --image-list {path}: {err.strerror or err}") from None
+    # UTF-8 (with or without a byte-order mark), or UTF-16 with one (as Windows editors save "Unicode" text)
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        lines = data.decode(encoding).splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"--image-list {path} is not a text file (not UTF-8 or UTF-16: {err.reason} at byte "
+                        f"{err.start})") from None
     entries = []
     for line in lines:
         field = line.replace(",", " ").split(maxsplit=1)
@@ -137,13 +160,16 @@ def restrict(images: ImageSet, list_path: str, log=print) -> ImageSet:
 
 
 def held_out(images: ImageSet, fraction: float) -> np.ndarray:
-    """Boolean mask of the validation images: those whose name hashes below ``fraction`` (at least one image)."""
-    if fraction <= 0:
+    """Boolean mask of the validation images: those whose name hashes below ``fraction``; at least one image, and
+    never every image (one image alone is not held out: it trains)."""
+    if fraction <= 0 or len(images) < 2:
         return np.zeros(len(images), dtype=bool)
     codes = np.array([zlib.crc32(str(name).encode()) for name in images.names], dtype=np.int64)
     chosen = codes < fraction * 2 ** 32
     if not chosen.any():
         chosen[np.argmin(codes)] = True
+    if chosen.all():
+        chosen[np.argmax(codes)] = False
     return chosen
 
 

@@ -192,13 +192,47 @@ class _TaskFiles:
     values: list[np.ndarray]
 
 
-def _read_split(challenge_dir: str, split: str, task: str) -> _TaskFiles | None:
+def _split_files(challenge_dir: str, split: str) -> list[str] | None:
+    """The annotation files (``<video>.txt``) of a split folder, sorted; None when the folder is absent. A folder
+    named like one is a UserError."""
     folder = os.path.join(challenge_dir, SPLIT_DIRS[split])
     if not os.path.isdir(folder):
         return None
-    names = sorted(name for name in os.listdir(folder) if name.endswith(".txt"))
+    with os.scandir(folder) as listing:
+        entries = sorted((entry for entry in listing if entry.name.endswith(".txt")), key=lambda entry: entry.name)
+    for entry in entries:
+        if not entry.is_file():
+            raise UserError(f"{entry.path} is not a file: a split folder holds one annotation file per video; move "
+                            f"it out of {folder}")
+    return [entry.name for entry in entries]
+
+
+def _read_split(challenge_dir: str, split: str, task: str) -> _TaskFiles | None:
+    names = _split_files(challenge_dir, split)
+    if names is None:
+        return None
+    folder = os.path.join(challenge_dir, SPLIT_DIRS[split])
     return _TaskFiles([name[:-len(".txt")] for name in names],
                       [read_track_file(os.path.join(folder, name), task) for name in names])
+
+
+def shared_videos(challenge_dirs: dict[str, str]) -> list[str]:
+    """Videos of one task's Train_Set that are in another task's Validation_Set (the joined model trains on their
+    frames, so those tasks' validation scores frames it has seen). A video in both splits of one task is a
+    UserError: that task's validation would score its own training frames."""
+    videos = {}
+    for task, path in challenge_dirs.items():
+        for split in ("train", "val"):
+            names = _split_files(path, split) or []
+            videos[task, split] = {name[:-len(".txt")] for name in names}
+        both = sorted(videos[task, "train"] & videos[task, "val"])
+        if both:
+            raise UserError(f"{len(both)} videos are in both {SPLIT_DIRS['train']} and {SPLIT_DIRS['val']} of {path} "
+                            f"(e.g. {', '.join(both[:3])}): validation would score frames the model trains on; "
+                            f"keep each video in one split")
+    trained = set().union(*(videos[task, "train"] for task in challenge_dirs))
+    validated = set().union(*(videos[task, "val"] for task in challenge_dirs))
+    return sorted(trained & validated)
 
 
 def frame_listing(image_root: str, video: str) -> dict[int, str]:
@@ -260,6 +294,11 @@ def load_split(challenge_dirs: dict[str, str], image_root: str, split: str, log=
     where = ", ".join(os.path.join(path, SPLIT_DIRS[split]) for path in challenge_dirs.values())
     if joined is None:
         raise UserError(f"no annotation files in {where}")
+    without = [task for task in challenge_dirs if task not in joined.tasks]
+    if without:
+        folders = ", ".join(os.path.join(challenge_dirs[task], SPLIT_DIRS[split]) for task in without)
+        raise UserError(f"no annotation files in {folders}: the {split} split has no {' or '.join(without)} label; "
+                        f"add them, or leave {', '.join(without)} out of --task")
     listings = [frame_listing(image_root, video) for video in joined.videos]
     video_of, number_of = joined.frames // _FRAME_KEY, joined.frames % _FRAME_KEY
     names = np.array([listings[v].get(int(n)) for v, n in zip(video_of, number_of)], dtype=object)
@@ -298,11 +337,12 @@ def _list_header(path: str) -> tuple[bool, str | None]:
 def test_list_task(item: str, tasks) -> tuple[str, str, bool]:
     """(task, path, is a sample file) of a ``--test-list`` entry ``[TASK=]FILE``, from its prefix or its header; only
     the first line is read, so that a run checks its test lists before training."""
-    task, sep, path = item.partition("=")
-    if not sep or task.strip().lower() not in TASKS or os.path.isfile(item):
+    prefix, sep, path = item.partition("=")
+    task = prefix.strip().lower()
+    if not sep or not task.isidentifier() or os.path.isfile(item):  # a path holding "="
         task, path = None, item
-    else:
-        task = task.strip().lower()
+    elif task not in TASKS:
+        raise UserError(f"--test-list {item}: unknown task {prefix.strip()!r} (the tasks: {', '.join(TASKS)})")
     if not os.path.isfile(path):
         raise UserError(f"test list not found: {path}")
     sample, named = _list_header(path)

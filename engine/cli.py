@@ -67,12 +67,16 @@ def unit_interval_or_zero(text):
 
 
 def smoothing_window(text):
+    """auto, 0 (off) or an odd window length (a centred window has as many frames on each side)."""
     if text == "auto":
         return text
     try:
-        return non_negative_int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be auto or a window length >= 0, got {text}") from None
+        value = -1
+    if value < 0 or (value > 1 and value % 2 == 0):
+        raise argparse.ArgumentTypeError(f"must be auto, 0 (off) or an odd number of frames such as 5, got {text}")
+    return value
 
 
 def _add(group, *names, aliases=(), **kwargs):

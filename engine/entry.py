@@ -28,3 +28,9 @@ def main(track: str, description: str, argv=None) -> None:
         message = message[len(prefix):] if message.startswith(prefix) else message
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (which saves last.pth and exits on its own): during feature extraction,
+        # evaluation or the files at the end. Every file is written whole (atomically) or not at all.
+        print("\nerror: interrupted (SIGINT) before the end; the files already written are complete (each is "
+              "written whole or not at all)", file=sys.stderr, flush=True)
+        sys.exit(130)

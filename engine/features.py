@@ -183,22 +183,74 @@ def split_features(backbone: Backbone, split: str, images, dataset, feature_dir:
     folder = os.path.join(feature_dir, backbone.key[:16])
     array_path, index_path = os.path.join(folder, f"{split}.npy"), os.path.join(folder, f"{split}.json")
     key = hashlib.sha256(f"{backbone.key}:{list_sha256(images)}".encode()).hexdigest()
-    cached = dist.broadcast_object(_cached_key(index_path) if dist.is_main() else None)
-    if cached != key:
-        if dist.is_main() and cached is not None:
-            log(f"{index_path}: features of another frame list; extracting {split} again")
+    # Rank 0 judges the cache and every rank acts on its verdict (an error included, so no rank waits for another).
+    verdict = dist.broadcast_object(_judge_cache(index_path, key, dataset, split) if dist.is_main() else None)
+    if verdict[0] == "error":
+        raise UserError(verdict[1])
+    if verdict[0] == "extract":
+        if dist.is_main() and verdict[1]:
+            log(f"{index_path}: {verdict[1]}; extracting {split} again")
         _extract(backbone, split, images, dataset, array_path, index_path, key, args, device)
     else:
         log(f"{split} features: reusing {array_path} (same checkpoint and frame list)")
     return load_split_features(array_path, index_path, key, len(images))
 
 
-def _cached_key(index_path: str) -> str | None:
+def _judge_cache(index_path: str, key: str, dataset, split: str) -> tuple[str, str | None]:
+    """("reuse", None), ("extract", why) or ("error", message). The frames an extraction could not read are read
+    again: a repaired image is extracted, and one still unreadable where the split allows none (evaluation frames
+    without ``--allow-missing``) is the dataset's error naming it."""
+    try:
+        os.makedirs(os.path.dirname(index_path), exist_ok=True)  # before any extraction, not after it
+        index = _read_index(index_path, len(dataset))
+        if index is None:
+            return "extract", None
+        if index["key"] != key:
+            return "extract", "features of another frame list"
+        repaired = 0
+        for row in index["unavailable"]:
+            if dataset[row][0] is not None:
+                repaired += 1
+        if repaired:
+            return "extract", f"{repaired} of the {len(index['unavailable'])} {split} frames that could not be read " \
+                              f"are readable now"
+        return "reuse", None
+    except UserError as err:
+        return "error", str(err)
+    except OSError as err:
+        return "error", f"cannot write features to {os.path.dirname(index_path)}: {err.strerror or err} " \
+                        f"(--feature-dir)"
+
+
+def _read_index(index_path: str, frames: int) -> dict | None:
+    """A split's feature index, checked; None where there is none (or it is not even JSON: extracted again)."""
     try:
         with open(index_path) as handle:
-            return json.load(handle).get("key")
+            index = json.load(handle)
     except (OSError, ValueError):
         return None
+    _check_index(index, index_path, frames)
+    return index
+
+
+def _check_index(index, index_path: str, frames: int) -> None:
+    """A one-line error naming what is wrong with an index file that is JSON but not one of ours."""
+    def wrong(problem):
+        return UserError(f"{index_path}: not a feature index written by this project ({problem}); delete "
+                         f"{os.path.dirname(index_path)} to extract the features again")
+
+    if not isinstance(index, dict):
+        raise wrong(f"a JSON {type(index).__name__}, not an object")
+    for name, kind in (("key", str), ("dim", int), ("columns", dict), ("unavailable", list)):
+        if not isinstance(index.get(name), kind):
+            raise wrong(f"no {name} entry of type {kind.__name__}")
+    for part, span in index["columns"].items():
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)
+                and 0 <= span[0] < span[1] <= index["dim"]):
+            raise wrong(f"columns of {part} are {span}, not [first, end] within {index['dim']}")
+    bad = [row for row in index["unavailable"] if not isinstance(row, int) or not 0 <= row < frames]
+    if bad:
+        raise wrong(f"unavailable row {bad[0]} is not a frame of the {frames} listed")
 
 
 def _extract(*args) -> None:
@@ -253,15 +305,18 @@ def load_split_features(array_path: str, index_path: str, key: str, frames: int)
             index = json.load(handle)
     except (OSError, ValueError) as err:
         raise UserError(f"{index_path}: unreadable feature index ({err})") from None
+    _check_index(index, index_path, frames)
     if index.get("key") != key:
         raise UserError(f"{index_path}: features of another checkpoint or frame list than the one named (key "
                         f"{str(index.get('key'))[:16]}, expected {key[:16]}); delete {os.path.dirname(index_path)} "
                         f"to extract them again")
     try:
         array = np.load(array_path, mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise UserError(f"{array_path}: feature file cut short or damaged ({err}); delete it to extract again") \
-            from None
+    except (OSError, ValueError, EOFError) as err:  # an empty file is an EOFError
+        raise UserError(f"{array_path}: feature file cut short or damaged ({err or 'empty'}); delete it to extract "
+                        f"again") from None
+    if array.dtype != np.float32:
+        raise UserError(f"{array_path}: {array.dtype} values, not float32 features; delete it to extract again")
     if array.ndim != 2 or array.shape != (frames, index["dim"]):
         raise UserError(f"{array_path}: {array.shape} features, expected ({frames}, {index['dim']}); delete it to "
                         f"extract again")

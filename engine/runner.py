@@ -38,6 +38,7 @@ from engine.runtime import (
     seed_everything,
     unwrap,
 )
+from engine.task import check_model_name
 from engine.tasks import TASKS, make_task, task_class
 from engine.train import LoopConfig, TrainState, train_one_epoch
 from models import build_model
@@ -105,11 +106,14 @@ class StopOnSignal:
         self.previous = {}
 
     def __enter__(self):
+        self.pid = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a forked loader worker (Ctrl-C reaches the whole process group): the run decides
+            return
         if self.state.stop_requested:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
@@ -144,14 +148,18 @@ def train(args):
 def _train(args):
     device, task, dtype = start_run(args, per_rank_seed=True)
     autocast = make_autocast(device, dtype)
+    # A checkpoint of another stage is refused before any data is read or features extracted.
+    resume_path = _resume_path(args)
+    checkpoint = _load_resumable(resume_path, args, task) if resume_path else None
+    check_inputs = getattr(task, "check_inputs", None)
+    if check_inputs is not None:
+        check_inputs()
 
     train_set, train_names = task.train_split()
     val_set = task.val_split()
     log(f"training samples: {len(train_set)}, validation samples: "
         f"{len(val_set) if val_set is not None else 'none (no best checkpoint; the files come from last.pth)'}")
 
-    resume_path = _resume_path(args)
-    checkpoint = _load_resumable(resume_path, args, task) if resume_path else None
     config = checkpoint["model_config"] if checkpoint else task.model_config()
     if checkpoint:
         task.check_model_flags(config, resume_path)
@@ -319,6 +327,8 @@ def _load_resumable(path: str, args, task) -> dict:
     """A checkpoint to continue training from: this project's ``last.pth``, or a training checkpoint of
     facebookresearch/mae's layout (``model``, ``optimizer``, ``epoch``, ``scaler``), whose model the flags describe."""
     checkpoint = load_checkpoint(path)
+    if "model_config" in checkpoint:
+        check_model_name(task, checkpoint["model_config"], f"--resume {path}")
     if "train_state" in checkpoint:
         return checkpoint
     if isinstance(checkpoint, dict) and {"model", "optimizer", "epoch"} <= set(checkpoint):
@@ -392,6 +402,11 @@ def _evaluate_only(args):
                         f"{able}")
     device, task, dtype = start_run(args, per_rank_seed=False)
     paths = args.ckpt or [_default_eval_checkpoint(args, task)]
+    for path in paths[1:]:  # a member of another stage fails now, not after the others have predicted
+        content = load_checkpoint(path, mmap=True)
+        if "model_config" in content:
+            check_model_name(task, content["model_config"], path)
+        del content
     autocast = make_autocast(device, dtype)
     loaders, members, scores, first_extras = None, [], [], {}
     for index, path in enumerate(paths):

@@ -75,6 +75,7 @@ class Task(Protocol):
     # ---- the stage's command line (class level)
     name: ClassVar[str]  # "mtl", "lsd": the entry point's track, also recorded in args.json
     prog: ClassVar[str]  # the entry script, for --help and error lines
+    model_name: ClassVar[str]  # the model it trains ("emma"), as its checkpoints' model_config names it
     defaults: ClassVar[dict]  # the reference recipe's values of the shared flags (epochs, lr, batch, ...)
     demo_run: ClassVar[dict]  # flag values of --demo (typed flags win over them)
     # The demo's synthetic data set: {"synthetic": generator track, "full": parameters, "small": parameters}, and
@@ -107,6 +108,10 @@ class Task(Protocol):
 
     def test_split(self) -> torch.utils.data.Dataset | None:
         """The test list's dataset, or None when there is no test list."""
+
+    def check_inputs(self) -> None:
+        """Optional; before the first training step: read what is otherwise read only after training (test lists,
+        validation images), so that a bad input stops the run before it trains."""
 
     def train_augment(self, img_size: int):
         """Per-sample training augmentation to the model's input size (run in the loader workers), with a
@@ -381,6 +386,14 @@ def save_figures(figures: dict, out_dir: str) -> None:
         monitor.close()
 
 
+def check_model_name(task, config: dict, path: str, model_name: str | None = None) -> None:
+    """A checkpoint of another stage's model (its ``model_config`` names it) is a one-line error, before anything is
+    built from it or checked against the flags."""
+    name = config.get("name")
+    if name != (model_name or task.model_name):
+        raise UserError(f"{path} holds a {name} model, not one for this entry point ({task.prog})")
+
+
 def model_from_checkpoint(task, checkpoint: dict, path: str, model_name: str):
     """The model of one of this project's checkpoints (which carry their model config), or None for a released file
     without one; a checkpoint of another model, or typed model flags that contradict it, are one-line errors."""
@@ -390,8 +403,7 @@ def model_from_checkpoint(task, checkpoint: dict, path: str, model_name: str):
     if "model_config" not in checkpoint:
         return None
     config = checkpoint["model_config"]
-    if config.get("name") != model_name:
-        raise UserError(f"{path} holds a {config.get('name')} model, not one for this entry point ({task.prog})")
+    check_model_name(task, config, path, model_name)
     task.check_model_flags(config, path)
     model = build_model(config)
     load_exactly(model, checkpoint["model"], path, f"{config['name']} ({config.get('vit_size')})")

@@ -99,6 +99,7 @@ def train_one_epoch(task, model, loader, transform, optimizer, scaler, schedule,
                 _count_bad(state, dropped, image_names)
             if images is None:  # every image of the batch was undecodable
                 if last_good is None or not dist.is_distributed():
+                    state.seen_images += len(dropped)
                     batch_index += 1
                     progress.update(1)
                     if is_update:

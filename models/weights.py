@@ -93,10 +93,19 @@ def load_exactly(module: nn.Module, state: StateDict, name: str, what: str) -> i
     if missing or unexpected or mismatched:
         raise UserError(f'{name} does not fit this {what}: {describe_mismatch(missing, unexpected, mismatched)}; '
                         'check the model type and size it was trained with')
+    check_finite(state, name)
     # old files may lack BatchNorm's num_batches_tracked; keep ours (it does not change eval outputs)
     complete = {**{key: value for key, value in own.items() if key not in state}, **state}
     module.load_state_dict(complete, strict=True)
     return len(state)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Weights holding NaN or infinity would predict NaN: a one-line error naming the file and the tensors."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise UserError(f'{name}: {len(bad)} weight tensors hold NaN or infinite values ({_preview(bad)}); the run '
+                        'that saved it diverged; use an earlier checkpoint')
 
 
 def constructor_arguments(cls: type, config: Mapping) -> dict:

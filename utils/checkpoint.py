@@ -21,6 +21,9 @@ import os
 import pickle
 import random
 import re
+import warnings
+import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -72,11 +75,13 @@ _ALLOWED_GLOBALS = [
 ]
 
 
-def load_checkpoint(path, what: str = "checkpoint"):
+def load_checkpoint(path, what: str = "checkpoint", mmap: bool = False):
     """Load a checkpoint file on the CPU with ``weights_only=True`` and the allow-list above.
 
-    Any other pickled class is refused before it is constructed (its code never runs). Every failure is a one-line
-    :class:`UserError` naming the file.
+    Any other pickled class is refused before it is constructed (its code never runs). A file that is not a dict (a
+    bare tensor), or whose ``model_config`` is not a model config, is refused too. Every failure is a one-line
+    :class:`UserError` naming the file, with nothing printed before it (torch's warnings about the file are the
+    error's business). ``mmap``: the tensors stay on disk until used (a look at a file's settings reads little).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -84,18 +89,45 @@ def load_checkpoint(path, what: str = "checkpoint"):
     if os.path.getsize(path) == 0:
         raise UserError(f"{what} {path} is empty (0 bytes); it was not written completely")
     try:
-        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            warnings.simplefilter("ignore")
+            content = torch.load(path, map_location="cpu", weights_only=True,
+                                 mmap=mmap and zipfile.is_zipfile(path))  # the format before torch 1.6 cannot
     except pickle.UnpicklingError as err:
         found = re.search(r"(?:Unsupported global|unsupported GLOBAL)[^A-Za-z_]*([\w.]+)", str(err), re.I)
         if found:
             refused = (f"{what} {path} was refused: it holds a pickled {found.group(1)}, which is not on the "
                        f"allow-list of plain values (nothing in it was run); re-save just its state dict")
             raise UserError(refused) from None
+        if _is_plain_pickle(path):
+            raise UserError(f"{what} {path} is a plain pickle file, not a checkpoint written by torch.save") from None
         raise UserError(f"{what} {path} is not a readable checkpoint (corrupt: {_first_line(err)})") from None
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... for truncated or foreign files
         raise UserError(f"{what} {path} is not a readable checkpoint (truncated or corrupt: {_first_line(err)})") \
             from None
+    check_content(content, path, what)
+    return content
+
+
+def check_content(content, path: str, what: str = "checkpoint") -> None:
+    """A checkpoint is a dict (ours, a released file's, or a bare state dict); a ``model_config`` it carries is a
+    dict that names its model. Anything else was not written by a training run: a one-line :class:`UserError`."""
+    if not isinstance(content, Mapping):
+        raise UserError(f"{what} {path} holds a {type(content).__name__}, not a checkpoint (a dict with the weights "
+                        f"under 'model', or a state dict)")
+    config = content.get("model_config")
+    if config is not None and not (isinstance(config, Mapping) and isinstance(config.get("name"), str)):
+        shown = type(config).__name__ if not isinstance(config, Mapping) else "dict without a model name"
+        raise UserError(f"{what} {path}: its model_config is a {shown}, not a model config; the file was not "
+                        f"written by this project's training")
+
+
+def _is_plain_pickle(path: str) -> bool:
+    """Whether the file is a pickle stream of its own rather than torch.save's zip archive or its format before 1.6
+    (a pickle too, which starts with the pickled magic number 0x1950a86a20f9469cfc6c)."""
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    return head[:1] == b"\x80" and b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19" not in head
 
 
 def _first_line(err: Exception) -> str:

@@ -42,6 +42,7 @@ class LSDTask(ImageTask):
 
     name = "lsd"
     prog = "main_lsd.py"
+    model_name = "cotex"
     # The reference recipe (ABAW4.md); the batch follows the mask ratio (derived_defaults).
     defaults = dict(output_dir="runs/cotex", epochs=6, warmup_epochs=5, batch_size=None, accum_iter=4, blr=5e-4,
                     min_lr=1e-6, layer_decay=0.65, weight_decay=0.05, drop_path=0.1, clip_grad=0.05)
@@ -97,6 +98,9 @@ class LSDTask(ImageTask):
 
     @staticmethod
     def check_flags(args, error) -> None:
+        for path in args.test_list or ():
+            if not os.path.isfile(path):
+                error(f"--test-list {path}: no such file")
         if args.mae_ckpt and args.vit_num % len(args.mae_ckpt) != 0:
             error(f"--vit-num {args.vit_num} is not divisible by the number of --mae-ckpt files "
                   f"({len(args.mae_ckpt)}); give one checkpoint, or one per ViT")
@@ -122,7 +126,19 @@ class LSDTask(ImageTask):
     def val_split(self):
         return lsd.LSDDataset(self.val_folders, skip_bad=self.args.allow_missing)
 
+    def check_inputs(self) -> None:
+        """Before the first training step: the test list, read otherwise only after training, is read now."""
+        self._test_list  # noqa: B018 - read now, so that a bad test list stops the run before it trains
+
     def test_split(self):
+        if self._test_list is None:
+            return None
+        root, self._test_images = self._test_list
+        return ImageListDataset(root, self._test_images, skip_bad=self.args.allow_missing)
+
+    @cached_property
+    def _test_list(self) -> tuple | None:
+        """(the test images' folder, the listed images), or None without a test list."""
         path = single_test_list(self.args) or os.path.join(self.args.data_dir, lsd.TEST_LIST_FILE)
         if not os.path.isfile(path):
             log("no test list found (pass --test-list): test_predictions.txt not written")
@@ -132,8 +148,7 @@ class LSDTask(ImageTask):
         if not os.path.isdir(root):
             raise UserError(f"LSD test image folder not found: {root}; set --test-dir")
         require_present(images, mtl.list_available(root, images), root, self.args.allow_missing)
-        self._test_images = images
-        return ImageListDataset(root, images, skip_bad=self.args.allow_missing)
+        return root, images
 
     def train_augment(self, img_size: int):
         return lsd_train_augment(img_size)
@@ -162,7 +177,7 @@ class LSDTask(ImageTask):
         from utils.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(self, checkpoint, path, "cotex")
+        model = model_from_checkpoint(self, checkpoint, path, self.model_name)
         if model is None:
             config = self.model_config()
             if "state_dicts" in checkpoint:

@@ -52,6 +52,7 @@ class MTLTask(ImageTask):
 
     name = "mtl"
     prog = "main_mtl.py"
+    model_name = "emma"
     # The reference recipe (ABAW4.md).
     defaults = dict(output_dir="runs/emma", epochs=30, warmup_epochs=5, batch_size=100, accum_iter=4, blr=5e-4,
                     min_lr=1e-6, layer_decay=0.65, weight_decay=0.05, drop_path=0.1, clip_grad=0.05)
@@ -138,6 +139,12 @@ class MTLTask(ImageTask):
 
     @cached_property
     def train_annotations(self) -> mtl.Annotations:
+        if self.per_video:
+            shared = tracks.shared_videos(self.challenge_dirs)
+            if shared:
+                warn(f"{len(shared)} videos are in one task's Train_Set and another's Validation_Set (e.g. "
+                     f"{', '.join(shared[:3])}): the model trains on their frames, so those validation scores are "
+                     f"optimistic")
         annotations = self._load_split("train")
         folds, fold = getattr(self.args, "folds", 1), getattr(self.args, "fold", None)
         if fold is None:
@@ -171,11 +178,25 @@ class MTLTask(ImageTask):
     def val_split(self):
         return mtl.MTLDataset(self.image_root(), self.val_annotations, skip_bad=self.args.allow_missing)
 
+    def check_inputs(self) -> None:
+        """Before the first training step: the test lists, read otherwise only after training, are read now."""
+        self._test_list  # noqa: B018 - read now, so that a bad test list stops the run before it trains
+
     def test_split(self):
         """The test list's frames; absent images are an error, or stand-ins (the nearest frame of the same video)
         with ``--allow-missing``. Per-video tasks: the frames of every task's test list (below)."""
+        if self._test_list is None:
+            return None
+        images, filled, self._test_frames, load_paths = self._test_list
+        self._test = (images, filled)
+        return ImageListDataset(self.image_root(), load_paths, skip_bad=self.args.allow_missing)
+
+    @cached_property
+    def _test_list(self) -> tuple | None:
+        """(listed images, rows filled from stand-in images, per-video tasks' frames or None, the images to load),
+        or None without a test list."""
         if self.per_video:
-            return self._per_video_test_split()
+            return self._per_video_test_list()
         path = single_test_list(self.args) or os.path.join(self.args.data_dir, mtl.TEST_LIST_FILE)
         if not os.path.isfile(path):
             log("no test list found (pass --test-list): test_predictions.txt not written")
@@ -188,10 +209,9 @@ class MTLTask(ImageTask):
             replacement = mtl.nearest_frames(self.image_root(), images, ~present)
             load_paths = np.array([replacement.get(image, image) for image in images], dtype=object)
             filled = [int(i) for i in np.flatnonzero(~present)]
-        self._test = (images, filled)
-        return ImageListDataset(self.image_root(), load_paths, skip_bad=self.args.allow_missing)
+        return images, filled, None, load_paths
 
-    def _per_video_test_split(self):
+    def _per_video_test_list(self) -> tuple | None:
         """Every frame of each task's test list gets a row: a frame without an image takes the prediction of the
         nearest frame of its video that has one (never of another video)."""
         args = self.args
@@ -206,8 +226,11 @@ class MTLTask(ImageTask):
             log(f"{task} test list {test_list.source}: {len(test_list.images)} frames"
                 + (f"; {frames.filled[task]} have no image and take the prediction of the nearest frame of their "
                    f"video with one" if frames.filled[task] else ""))
-        self._test, self._test_frames = (frames.images, []), frames
-        return ImageListDataset(self.image_root(), frames.images, skip_bad=args.allow_missing)
+        without = [task for task in self.tasks if task not in frames.lists]
+        if without:
+            warn(f"no test list for {', '.join(without)} (--task {','.join(self.tasks)}, test lists for "
+                 f"{', '.join(frames.lists)}): no test predictions for {', '.join(without)}")
+        return frames.images, [], frames, frames.images
 
     def train_augment(self, img_size: int):
         return mtl_train_augment(img_size)
@@ -254,7 +277,7 @@ class MTLTask(ImageTask):
         from utils.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(self, checkpoint, path, "emma")
+        model = model_from_checkpoint(self, checkpoint, path, self.model_name)
         if model is not None:
             if checkpoint.get("au_thresholds"):
                 self.au_thresholds = list(checkpoint["au_thresholds"])
@@ -525,6 +548,8 @@ def check_task_flags(args, error) -> None:
             error("--annotation-dir applies to the per-video tasks (--task va, expr, au or a list of them)")
         if args.test_list and len(args.test_list) > 1:
             error("--task mtl has one test list; several --test-list files are for the per-video tasks")
+        if args.test_list and not os.path.isfile(args.test_list[0]):
+            error(f"--test-list {args.test_list[0]}: no such file")
         return
     if args.annotation_dir and not os.path.isdir(args.annotation_dir):
         error(f"--annotation-dir {args.annotation_dir}: no such folder")

@@ -37,6 +37,7 @@ PRETRAIN_MODEL_FLAGS = {"vit_size": "vit", "img_size": "img_size", "patch_size":
                         "decoder_dim": "decoder_dim", "decoder_depth": "decoder_depth",
                         "decoder_heads": "decoder_heads", "norm_pix_loss": "norm_pix_loss"}
 RECONSTRUCTION_GRID = 8  # held-out faces in each epoch's reconstruction figure
+CHECKED_IMAGES = 256  # images of each split decoded before training (a folder of unusable ones fails at once)
 MASK_STREAM = 1 << 40  # mask k of evaluation image i: seed MASK_STREAM * (--mask-seed + 1) + i * 64 + k
 
 
@@ -45,6 +46,7 @@ class PretrainTask:
 
     name = "pretrain"
     prog = "main_pretrain.py"
+    model_name = "mae"
     many_data_dirs = True
     init_flag = "--init"
     # facebookresearch/mae's pretraining recipe (main_pretrain.py); drop path, layer decay and clipping are unused.
@@ -62,6 +64,7 @@ class PretrainTask:
 
     def __init__(self, args):
         self.args = args
+        self._model_patch = None  # the patch size of the model --eval loaded (its checkpoint's, not the flags')
 
     # ---- command line
     @staticmethod
@@ -134,7 +137,30 @@ class PretrainTask:
         return folders.held_out(self.images, self.args.val_fraction)
 
     def _min_side(self) -> int:
-        return self.model_config()["patch_size"] or _preset_patch(self.args.vit)
+        return self._model_patch or self.model_config()["patch_size"] or _preset_patch(self.args.vit)
+
+    def check_inputs(self) -> None:
+        """Before the first training step, a sample of the images (at most ``CHECKED_IMAGES`` of each split, evenly
+        spaced) is decoded: training images that are all unusable, or validation images (read otherwise only after the
+        first epoch) unusable above ``--max-bad-images``, stop the run before it trains, naming an image and why."""
+        train = self.images.subset(np.flatnonzero(~self._held_out))
+        if len(train):
+            self._check_sample(train, "training images", 1.0)  # training skips and counts the others
+        if self._val_images is not None:
+            where = f"images of --val-dir {self.args.val_dir}" if self.args.val_dir else "held-out validation images"
+            self._check_sample(self._val_images, where, self.args.max_bad_images)
+
+    def _check_sample(self, images: folders.ImageSet, where: str, max_share: float) -> None:
+        from engine.evaluate import evenly_spaced
+
+        dataset = folders.FaceImages(images, min_side=self._min_side())
+        rows = evenly_spaced(len(dataset), CHECKED_IMAGES)
+        unusable = [row for row in rows if dataset[row][0] is None]
+        share = len(unusable) / len(rows)
+        if unusable and (share > max_share or len(unusable) == len(rows)):
+            limit = f" > --max-bad-images {max_share:g}" if max_share < 1 else ""
+            raise UserError(f"{len(unusable)} of the {len(rows)} {where} checked are unusable "
+                            f"({share:.1%}{limit}), e.g. {dataset.check(unusable[0])}")
 
     def train_split(self):
         train = self.images.subset(np.flatnonzero(~self._held_out))
@@ -205,7 +231,7 @@ class PretrainTask:
         from utils.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(self, checkpoint, path, "mae")
+        model = model_from_checkpoint(self, checkpoint, path, self.model_name)
         if model is None:
             model = build_model(self.model_config())
             from models.weights import load_exactly
@@ -213,6 +239,7 @@ class PretrainTask:
             state = strip_prefix(extract_state_dict(checkpoint, path, ("model", "state_dict")), "module.")
             load_exactly(model, state, path, f"MAE ({self.args.vit}, decoder {self.args.decoder_dim} x "
                                              f"{self.args.decoder_depth})")
+        self._model_patch = model.patch
         return model
 
     def param_groups(self, model) -> list[dict]:

@@ -61,6 +61,7 @@ class TemporalTask(MTLTask):
 
     name = "temporal"
     prog = "main_temporal.py"
+    model_name = "temporal"
     # The second stage of the ABAW5-7 winners (Netease Fuxi: 4 layers, 4 heads, width 128, 100-frame windows).
     defaults = dict(output_dir="runs/temporal", epochs=20, warmup_epochs=1, batch_size=32, accum_iter=1, blr=5e-4,
                     min_lr=1e-6, layer_decay=1.0, weight_decay=0.05, drop_path=0.0, clip_grad=1.0)
@@ -187,6 +188,8 @@ class TemporalTask(MTLTask):
         if args.stride and args.stride > args.window:
             error(f"--stride {args.stride} exceeds --window {args.window}: frames between windows would never be "
                   f"predicted")
+        if args.feature_dir and os.path.exists(args.feature_dir) and not os.path.isdir(args.feature_dir):
+            error(f"--feature-dir {args.feature_dir} is a file; name a folder (it is created if needed)")
         check_task_flags(args, error)
         check_mtl_output_flags(args, error)
 
