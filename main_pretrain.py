@@ -1,6 +1,6 @@
 """MAE pretraining on folders of face images: the first stage of EMMA and masked CoTEX, whose ViTs start from it.
 
-Quick look on the CPU with built-in synthetic faces (a few minutes; then fine-tune from it, see README):
+Quick look on the CPU with built-in synthetic faces (a few minutes; then fine-tune from it, see docs/pretraining.md):
 
     python main_pretrain.py --demo
 

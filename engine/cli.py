@@ -99,7 +99,7 @@ def build_parser(track, description: str) -> OneLineParser:
                   "cropped_aligned)")
     else:
         _add(data, "--data-dir", aliases=["--data_dir", "--data_path"], metavar="DIR",
-             help="data root in the official ABAW4 layout (see README, 'Data preparation')")
+             help="data root in the official ABAW4 layout (see docs/data.md)")
     _add(data, "--output-dir", aliases=["--output_dir"], metavar="DIR", default=defaults["output_dir"],
          help="where the run writes logs, checkpoints, metrics and predictions (default: %(default)s)")
     _add(data, "--test-list", aliases=["--test_list"], metavar="[TASK=]FILE", nargs="+",

@@ -1,5 +1,6 @@
-"""Fault injection: each fault of the reliability table is injected and its outcome asserted (README, "What survives
-what"). Training-data, annotation and LSD-folder faults are in test_data.py; flag errors in test_train.py."""
+"""Fault injection: each fault of the reliability table is injected and its outcome asserted (docs/reliability.md,
+"What survives what"). Training-data, annotation and LSD-folder faults are in test_data.py; flag errors in
+test_train.py."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Specification of the built-in synthetic data set (datasets/synthetic.py): layouts, labels, determinism, learnability.
+"""Specification of the built-in synthetic data set (datasets/synthetic/): layouts, labels, determinism, learnability.
 
 Files are read here with plain string handling, independently of the project's loaders.
 """

@@ -1,4 +1,4 @@
-"""Specification of the synthetic single-task tracks (datasets/synthetic.py, track "tracks"): the ABAW2-8 per-video
+"""Specification of the synthetic single-task tracks (datasets/synthetic/, track "tracks"): the ABAW2-8 per-video
 layout, its label codes, its agreement with the MTL set of the same seed, determinism and the command line.
 
 Files are read here with plain string handling, independently of the generator and the project's loaders.

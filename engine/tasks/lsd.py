@@ -48,7 +48,7 @@ class LSDTask(ImageTask):
                     min_lr=1e-6, layer_decay=0.65, weight_decay=0.05, drop_path=0.1, clip_grad=0.05)
     # The demo's hybrid stem re-estimates its BatchNorm statistics on the real-style validation images (--bn-adapt).
     # Its first stage has one residual block, its second ResNet-18's two: one block in both scored lower on the
-    # real-style images (README, "Quick start").
+    # real-style images (docs/results.md).
     demo_run = dict(img_size=48, blr=1e-3, warmup_epochs=0.3, output_dir="runs/demo_cotex", mask_ratio=0.5,
                     bn_adapt=True, stem_blocks=[1, 2])
     demo_data = dict(synthetic="lsd", full=dict(per_class=1500, size=64, seed=0),

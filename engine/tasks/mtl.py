@@ -58,7 +58,7 @@ class MTLTask(ImageTask):
                     min_lr=1e-6, layer_decay=0.65, weight_decay=0.05, drop_path=0.1, clip_grad=0.05)
     # EMMA without its DAN branch: there is no AffectNet DAN for synthetic faces, and a random frozen DAN's scores
     # would be large noise in the VA head's input. One residual block per stem stage: a quarter less time per step
-    # than ResNet-18's two, for test P_MTL 0.05 lower on average over three seeds (README, "Quick start").
+    # than ResNet-18's two, for test P_MTL 0.05 lower on average over three seeds (docs/results.md).
     demo_run = dict(img_size=48, warmup_epochs=0.4, output_dir="runs/demo_mtl", va_lr=1e-3, dan="none",
                     au_pos_weight="data", tune_au_thresholds=True, stem_blocks=[1])
     demo_data = dict(synthetic="mtl", full=dict(videos=240, frames=100, size=64, seed=0),
