@@ -1,0 +1,363 @@
+"""The affect of every face in a user's videos and images: the Python API that ``predict.py`` is a thin shell over.
+
+::
+
+    from engine.predict import Predictor
+
+    predictor = Predictor("runs/emma/checkpoints/best_mtl.pth")           # or [A, B, C]: an ensemble
+    frames = predictor.video("interview.mp4")      # pandas.DataFrame: one row per decoded frame and face
+    photos = predictor.images(["a.jpg", "b.png"])  # one row per face (an image without a face: one row saying so)
+    crops = predictor.faces(aligned)                # already aligned uint8 RGB crops (N, H, W, 3): one row each
+
+A video goes through the face pipeline of ``main_prepare.py`` (``datasets.media``: PyAV decoding with frame times
+and rotation, MTCNN detection in batches on the device, IoU tracking, alignment to the ArcFace template) in memory:
+frames are decoded, detected and forgotten as they stream, the aligned crops of the faces are batched across frames
+on the device, and only the rows of predictions are kept. When the video ends, the tracker joins tracks of one
+person and drops short ones (spurious detections) exactly as ``main_prepare.py`` does, and the kept tracks are
+numbered 1, 2, ... (left to right for two people, else by first appearance).
+
+Checkpoints: EMMA checkpoints of ``main_mtl.py`` (the MTL track or the per-video tracks), as a local path or a
+Hugging Face hub reference ``hf-hub:owner/repo/path/file.pth`` (fetched by ``huggingface_hub``, read from its cache
+when offline: ``HF_HUB_OFFLINE=1``); loading is ``weights_only``. The model, its input size and its AU thresholds
+come from the checkpoint. Several checkpoints are an ensemble, averaged as ``main_mtl.py --eval --ckpt A B`` does
+(``engine.report.average``: the task's ensemble space, probabilities and clipped VA), with the first member's AU
+thresholds.
+
+The columns (docs/predict.md): ``frame`` (1-based decoding order), ``time`` (s from the first frame), ``track``,
+``score`` (the detector's), ``x1, y1, x2, y2`` (the box in the upright frame's pixels), ``valence``, ``arousal``,
+``expression`` (the class name), the probability of each expression (``neutral`` ... ``other``), of each AU
+(``AU1`` ... ``AU26``) and its decision at the checkpoint's threshold (``AU1_active`` ...). A frame without a face
+has one row with an empty track and empty predictions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from datasets.media.faces import FacePipeline, Tracker, align, make_detector
+from datasets.media.video import probe, read_frames
+from utils import abaw
+from utils.errors import UserError
+
+HUB_PREFIX = "hf-hub:"
+EXPR_COLUMNS = [name.lower() for name in abaw.EXPR_NAMES]
+AU_COLUMNS = list(abaw.AU_NAMES)
+AU_ACTIVE_COLUMNS = [f"{name}_active" for name in abaw.AU_NAMES]
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+PREDICTION_COLUMNS = ["valence", "arousal", "expression", *EXPR_COLUMNS, *AU_COLUMNS, *AU_ACTIVE_COLUMNS]
+VIDEO_COLUMNS = ["frame", "time", "track", "score", *BOX_COLUMNS, *PREDICTION_COLUMNS]
+IMAGE_COLUMNS = ["image", "face", "score", *BOX_COLUMNS, *PREDICTION_COLUMNS, "note"]
+FACE_COLUMNS = ["face", *PREDICTION_COLUMNS]
+NO_FACE = "no face found"
+CROP_SIZE = 112  # main_prepare.py's default crop side (Aff-Wild2's): the crops the models are trained on
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def resolve_checkpoint(reference: str) -> str:
+    """A local file for ``reference``: a path as given, or ``hf-hub:owner/repo/path/in/repo.pth`` through
+    ``huggingface_hub`` (its cache first; with ``HF_HUB_OFFLINE=1`` only its cache). A reference that cannot be
+    resolved is a one-line :class:`UserError`."""
+    reference = os.fspath(reference)
+    if not reference.startswith(HUB_PREFIX):
+        if not os.path.isfile(reference):
+            raise UserError(f"checkpoint not found: {reference}")
+        return reference
+    parts = reference[len(HUB_PREFIX):].split("/")
+    if len(parts) < 3 or not all(parts):
+        raise UserError(f"{reference}: a hub checkpoint is hf-hub:owner/repo/file.pth (the file's path in the repo)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{reference}: not in the local Hugging Face cache, and the hub cannot be reached (offline, "
+                        f"or HF_HUB_OFFLINE=1); download it once with network access") from None
+    except (EntryNotFoundError, HfHubHTTPError, HFValidationError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{reference}: cannot be fetched from the Hugging Face hub ({first})") from None
+
+
+def _stage_of(path: str, shown: str):
+    """The task class whose checkpoints predict the MTL outputs and whose model the file holds."""
+    from engine.tasks import TASKS
+    from utils.checkpoint import load_checkpoint
+
+    content = load_checkpoint(path, mmap=True)
+    config = content.get("model_config")
+    able = [stage for stage in TASKS.values() if stage.output_width == abaw.OUTPUT_WIDTH]
+    names = " or ".join(f"{stage.model_name} ({stage.prog})" for stage in able)
+    if config is None:
+        raise UserError(f"{shown} is not a model checkpoint of this project (it has no model_config); predict.py "
+                        f"takes {names} checkpoints")
+    for stage in able:
+        if stage.model_name == config["name"]:
+            return stage
+    raise UserError(f"{shown} holds a {config['name']} model; predict.py takes {names} checkpoints")
+
+
+def _eval_args(stage):
+    """The flags a task reads when it loads a checkpoint for evaluation: its parser's defaults, nothing typed."""
+    from engine.cli import build_parser
+
+    parser = build_parser(stage, "")
+    parser.set_defaults(track=stage.name, typed=[])
+    return parser.parse_args([])
+
+
+def resolve_device(choice: str) -> torch.device:
+    """auto: the GPU when there is one, else the CPU; cuda without one is a one-line error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda asked for, but no CUDA device is available (use cpu or auto)")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The predictor
+
+
+class Predictor:
+    """One checkpoint, or several (an ensemble), ready to predict faces, images and videos.
+
+    ``device``: auto, cpu, cuda or cuda:N; ``precision``: auto (bf16 where the device computes it natively), bf16,
+    fp16 or fp32; ``batch_size``: aligned faces per forward pass (across frames and people); ``detect_batch``: frames
+    per detector batch; ``min_face``, ``min_track``, ``max_gap``, ``crop_size``: the face pipeline's settings, with
+    the defaults of ``main_prepare.py``; ``progress``: a tqdm bar per video.
+    """
+
+    def __init__(self, ckpt, device: str = "auto", precision: str = "auto", batch_size: int = 64,
+                 detect_batch: int = 16, min_face: int = 40, min_track: int = 5, max_gap: int = 12,
+                 crop_size: int = CROP_SIZE, progress: bool = False):
+        from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision
+
+        references = [ckpt] if isinstance(ckpt, (str, os.PathLike)) else list(ckpt)
+        if not references:
+            raise UserError("give at least one checkpoint")
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.autocast = make_autocast(self.device, self.dtype)
+        self.batch_size, self.detect_batch = batch_size, detect_batch
+        self.min_face, self.min_track, self.max_gap, self.crop_size = min_face, min_track, max_gap, crop_size
+        self.progress = progress
+        self.paths = [resolve_checkpoint(reference) for reference in references]
+        stages = [_stage_of(path, str(reference)) for path, reference in zip(self.paths, references)]
+        stage = stages[0]
+        if any(other is not stage for other in stages[1:]):
+            raise UserError("an ensemble's checkpoints must all be of one kind: "
+                            + ", ".join(f"{ref} ({s.model_name})" for ref, s in zip(references, stages)))
+        if len(self.paths) > 1 and not stage.ensembles:
+            raise UserError(f"{stage.prog} checkpoints predict one at a time; give one --ckpt")
+        self.task = stage(_eval_args(stage))
+        self.models, self.transforms = [], []
+        first_extras = {}
+        for index, path in enumerate(self.paths):
+            model = self.task.load_for_eval(path)
+            if index == 0:
+                first_extras = self.task.checkpoint_extras()
+            model.to(self.device).eval()
+            choose_attention_kernel(model, self.device, self.dtype)
+            self.models.append(model)
+            self.transforms.append(self.task.input_transform(model.config.get("img_size")))
+        if len(self.paths) > 1:
+            self.task.use_ensemble_settings(self.paths[0], first_extras)
+        self._detector = None
+
+    @property
+    def au_thresholds(self) -> list[float]:
+        return list(self.task.au_thresholds)
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            self._detector = make_detector("mtcnn", self.device, self.min_face)
+        return self._detector
+
+    # ---- model outputs
+    @torch.inference_mode()
+    def outputs(self, crops) -> np.ndarray:
+        """The (ensemble's) output rows ``[VA, 8 expression log-probabilities, 12 AU logits]`` of aligned uint8 RGB
+        crops (N, H, W, 3) of one size, batched by ``batch_size``; the round trip of ``main_mtl.py --eval``."""
+        from engine.report import average
+        from engine.task import to_device
+
+        crops = np.asarray(crops) if not isinstance(crops, np.ndarray) else crops
+        if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
+            raise UserError(f"faces: expected uint8 RGB crops of shape (N, H, W, 3), got {crops.dtype} "
+                            f"{tuple(crops.shape)}")
+        if len(crops) == 0:
+            return np.zeros((0, self.task.output_width), np.float32)
+        chunks = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + self.batch_size])).permute(0, 3, 1, 2)
+            batch = to_device(batch, self.device)
+            members = []
+            for model, transform in zip(self.models, self.transforms):
+                with self.autocast():
+                    out = self.task.predict(model, transform(batch))
+                members.append(out.float().cpu().numpy())
+            chunks.append(average(self.task, members))
+        return np.concatenate(chunks)
+
+    def decode(self, outputs: np.ndarray) -> dict:
+        """Output rows -> the prediction columns: VA as written to the submission files, the expression's class name,
+        the probabilities, and the AU decisions at the checkpoint's thresholds."""
+        from engine.task import softmax
+
+        va, expr, aus = self.task.decode(outputs)
+        columns = {"valence": va[:, 0], "arousal": va[:, 1],
+                   "expression": np.asarray(abaw.EXPR_NAMES, dtype=object)[expr]}
+        probabilities = softmax(outputs[:, abaw.OUT_EXPR])
+        columns.update({name: probabilities[:, k] for k, name in enumerate(EXPR_COLUMNS)})
+        au_probabilities = abaw.au_probabilities(outputs)
+        columns.update({name: au_probabilities[:, k] for k, name in enumerate(AU_COLUMNS)})
+        columns.update({name: aus[:, k].astype(np.int64) for k, name in enumerate(AU_ACTIVE_COLUMNS)})
+        return columns
+
+    # ---- the three entry points
+    def faces(self, crops) -> pd.DataFrame:
+        """One row per aligned crop (``face``: its 0-based position in ``crops``) with the prediction columns."""
+        outputs = self.outputs(crops)
+        frame = pd.DataFrame({"face": np.arange(len(outputs)), **self.decode(outputs)})
+        return _typed(frame, FACE_COLUMNS)
+
+    def images(self, paths: Iterable[str], skip_unreadable: bool = False) -> pd.DataFrame:
+        """One row per face of each image (``face``: 1, 2, ... left to right), with its box and score; an image
+        without a face has one row with ``note`` "no face found". An unreadable image raises
+        :class:`datasets.images.ImageDecodeError` naming it, or with ``skip_unreadable`` gets one row whose note says
+        why."""
+        from datasets.images import ImageDecodeError, decode_image
+
+        rows, crops = [], []
+        for path in paths:
+            path = os.fspath(path)
+            try:
+                image = decode_image(path).permute(1, 2, 0).numpy()
+            except ImageDecodeError as error:
+                if not skip_unreadable:
+                    raise
+                rows.append({"image": path, "note": f"unreadable: {error}"})
+                continue
+            (found,) = self.detector.detect([image])
+            found = sorted(found, key=lambda face: face.box[0])
+            if not found:
+                rows.append({"image": path, "note": NO_FACE})
+            for number, face in enumerate(found, 1):
+                rows.append({"image": path, "face": number, "score": face.score,
+                             **dict(zip(BOX_COLUMNS, face.box)), "crop": len(crops)})
+                crops.append(align(image, face.landmarks, self.crop_size))
+        return self._with_predictions(rows, crops, IMAGE_COLUMNS)
+
+    def video(self, path: str) -> pd.DataFrame:
+        """One row per decoded frame and kept face, in frame order and then by track (module text). Streams: the
+        frames are decoded, detected and dropped as they go. An unreadable file raises
+        :class:`datasets.media.video.MediaError` naming it."""
+        path = os.fspath(path)
+        info = probe(path)
+        # main_prepare.py's tracking: a person back in the frame within 3 s stays one track
+        tracker = Tracker(max_gap=self.max_gap, min_length=self.min_track,
+                          join_gap=max(1, int(round(3 * (info.fps or 25)))))
+        pipeline = FacePipeline(self.detector, self.detect_batch, tracker)
+        frame_numbers, frame_times = [], []
+        faces = {"frame": [], "provisional": [], "score": [], "box": []}
+        pending, outputs = [], []
+        bar = _progress_bar(path, self.progress)
+        try:
+            for frame, found in pipeline.run(read_frames(path)):
+                frame_numbers.append(frame.index)
+                frame_times.append(frame.time)
+                for face in found:
+                    faces["frame"].append(frame.index)
+                    faces["provisional"].append(face.track)
+                    faces["score"].append(face.score)
+                    faces["box"].append(face.box)
+                    pending.append(align(frame.image, face.landmarks, self.crop_size))
+                    if len(pending) == self.batch_size:
+                        outputs.append(self.outputs(np.stack(pending)))
+                        pending = []
+                if bar is not None:
+                    bar.update()
+            if pending:
+                outputs.append(self.outputs(np.stack(pending)))
+        finally:
+            if bar is not None:
+                bar.close()
+        person, order, _ = tracker.finish()
+        number = {ident: k + 1 for k, ident in enumerate(order)}
+        track = np.array([number.get(person.get(t, -1), 0) for t in faces["provisional"]], np.int64)
+        kept = track > 0
+        outputs = np.concatenate(outputs) if outputs else np.zeros((0, self.task.output_width), np.float32)
+        times = dict(zip(frame_numbers, frame_times))
+        face_frames = np.asarray(faces["frame"], np.int64)[kept]
+        boxes = np.asarray(faces["box"], np.float64).reshape(-1, 4)[kept]
+        with_faces = pd.DataFrame({"frame": face_frames, "time": [times[f] for f in face_frames],
+                                   "track": track[kept], "score": np.asarray(faces["score"], np.float64)[kept],
+                                   **{name: boxes[:, k] for k, name in enumerate(BOX_COLUMNS)},
+                                   **self.decode(outputs[kept])})
+        empty = sorted(set(frame_numbers) - set(face_frames.tolist()))
+        without = pd.DataFrame({"frame": np.asarray(empty, np.int64), "time": [times[f] for f in empty]})
+        table = pd.concat([with_faces, without], ignore_index=True) if len(without) else with_faces
+        table = table.sort_values(["frame", "track"], kind="stable", na_position="first").reset_index(drop=True)
+        return _typed(table, VIDEO_COLUMNS)
+
+    def _with_predictions(self, rows: list[dict], crops: list, columns: list[str]) -> pd.DataFrame:
+        table = pd.DataFrame(rows, columns=[*dict.fromkeys([*columns, "crop"])])
+        if crops:
+            predictions = pd.DataFrame(self.decode(self.outputs(np.stack(crops))))
+            has_face = table["crop"].notna()
+            for name in PREDICTION_COLUMNS:
+                values = predictions[name].to_numpy()[table.loc[has_face, "crop"].astype(np.int64)]
+                if table[name].dtype != values.dtype:
+                    table[name] = table[name].astype(object if values.dtype == object else np.float64)
+                table.loc[has_face, name] = values
+        return _typed(table.drop(columns="crop"), columns)
+
+
+def _typed(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The columns in their order, with integer columns that may be empty as pandas' nullable integers."""
+    table = table.reindex(columns=list(columns))
+    for name in ("frame", "track", "face", *AU_ACTIVE_COLUMNS):
+        if name in table:
+            table[name] = table[name].astype("Int64")
+    for name in ("time", "score", *BOX_COLUMNS, "valence", "arousal", *EXPR_COLUMNS, *AU_COLUMNS):
+        if name in table:
+            table[name] = table[name].astype(np.float64)
+    for name in ("expression", "note", "image"):
+        if name in table:
+            table[name] = table[name].astype(object)
+    return table
+
+
+def _progress_bar(path: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=_frame_estimate(path) or None, unit="frame", desc=os.path.basename(path), dynamic_ncols=True,
+                leave=False, smoothing=0.1)
+
+
+def _frame_estimate(path: str) -> int:
+    """The container's frame count, or duration x rate (only the progress bar's total)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            if stream.duration and stream.time_base and stream.average_rate:
+                return int(float(stream.duration * stream.time_base) * float(stream.average_rate))
+    except (av.FFmpegError, IndexError, OSError):
+        pass
+    return 0

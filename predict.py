@@ -1,0 +1,26 @@
+"""The affect of every face in your own videos and images: valence, arousal, expression and 12 AUs per frame and
+tracked person, with a timeline figure per video and, on request, an annotated copy of the video.
+
+A video, an image or a folder (videos and images found at any depth), with a checkpoint of main_mtl.py:
+
+    python predict.py interview.mp4 --ckpt runs/emma/checkpoints/best_mtl.pth --output-dir predictions
+
+writes predictions/interview.csv (one row per decoded frame and face; a frame without a face keeps one row) and
+predictions/interview_timeline.png; images go to predictions/images.csv. Annotated videos, an ensemble, a checkpoint
+from the Hugging Face hub (its local cache; nothing is downloaded with HF_HUB_OFFLINE=1):
+
+    python predict.py videos/ photos/ --annotate --ckpt A.pth B.pth --output-dir predictions
+    python predict.py interview.mp4 --ckpt hf-hub:owner/repo/best_mtl.pth --output-dir predictions
+
+The same from Python (docs/predict.md):
+
+    from engine.predict import Predictor
+    table = Predictor("best_mtl.pth").video("interview.mp4")   # a pandas.DataFrame
+
+An input that cannot be read is named and skipped; the others are done and the run exits with status 2.
+"""
+
+from engine.predict_cli import main
+
+if __name__ == "__main__":
+    main(__doc__)
