@@ -330,6 +330,10 @@ def _load_resumable(path: str, args, task) -> dict:
     if "model_config" in checkpoint:
         check_model_name(task, checkpoint["model_config"], f"--resume {path}")
     if "train_state" in checkpoint:
+        absent = [key for key in ("model", "model_config", "optimizer") if key not in checkpoint]
+        if absent or not isinstance(checkpoint["train_state"], dict):
+            raise UserError(f"--resume {path}: a training state without {', '.join(absent) or 'its loop position'}; "
+                            f"the file was not written by this project's training")
         return checkpoint
     if isinstance(checkpoint, dict) and {"model", "optimizer", "epoch"} <= set(checkpoint):
         log(f"--resume {path}: a facebookresearch/mae training checkpoint (epoch {checkpoint['epoch']}); the model "
