@@ -2,8 +2,8 @@
 signals, and the files written at the end; and evaluation-only runs (``--eval``).
 
 The stage is a task (``engine.task.Task``); the helpers around the life cycle (loaders, precision, optimiser) are in
-``engine.runtime``. Everything a run leaves goes to ``--output-dir`` (README, "The output directory"); only rank 0
-writes.
+``engine.runtime``. Everything a run leaves goes to ``--output-dir`` (docs/training.md, "Watching a run, and what it
+leaves"); only rank 0 writes.
 """
 
 from __future__ import annotations
