@@ -54,7 +54,6 @@ VIDEO_COLUMNS = ["frame", "time", "track", "score", *BOX_COLUMNS, *PREDICTION_CO
 IMAGE_COLUMNS = ["image", "face", "score", *BOX_COLUMNS, *PREDICTION_COLUMNS, "note"]
 FACE_COLUMNS = ["face", *PREDICTION_COLUMNS]
 NO_FACE = "no face found"
-CROP_SIZE = 112  # main_prepare.py's default crop side (Aff-Wild2's): the crops the models are trained on
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -131,14 +130,17 @@ class Predictor:
     """One checkpoint, or several (an ensemble), ready to predict faces, images and videos.
 
     ``device``: auto, cpu, cuda or cuda:N; ``precision``: auto (bf16 where the device computes it natively), bf16,
-    fp16 or fp32; ``batch_size``: aligned faces per forward pass (across frames and people); ``detect_batch``: frames
-    per detector batch; ``min_face``, ``min_track``, ``max_gap``, ``crop_size``: the face pipeline's settings, with
-    the defaults of ``main_prepare.py``; ``progress``: a tqdm bar per video.
+    fp16 or fp32; ``batch_size``: aligned faces per forward pass (across frames and people); the face pipeline's
+    settings, each by default ``main_prepare.py``'s (so that both see the same faces): ``detect_batch`` (its
+    ``--batch-size``: frames per detector batch), ``detect_every``, ``min_face``, ``min_track``, ``max_gap``,
+    ``crop_size``; ``progress``: a tqdm bar per video.
     """
 
     def __init__(self, ckpt, device: str = "auto", precision: str = "auto", batch_size: int = 64,
-                 detect_batch: int = 16, min_face: int = 40, min_track: int = 5, max_gap: int = 12,
-                 crop_size: int = CROP_SIZE, progress: bool = False):
+                 detect_batch: int | None = None, detect_every: int | None = None, min_face: int | None = None,
+                 min_track: int | None = None, max_gap: int | None = None, crop_size: int | None = None,
+                 progress: bool = False):
+        from engine.prepare import build_parser as prepare_parser
         from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision
 
         references = [ckpt] if isinstance(ckpt, (str, os.PathLike)) else list(ckpt)
@@ -147,8 +149,15 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.autocast = make_autocast(self.device, self.dtype)
-        self.batch_size, self.detect_batch = batch_size, detect_batch
-        self.min_face, self.min_track, self.max_gap, self.crop_size = min_face, min_track, max_gap, crop_size
+        prepare = prepare_parser("")
+
+        def setting(value, flag):
+            return prepare.get_default(flag) if value is None else value
+
+        self.batch_size, self.detect_batch = batch_size, setting(detect_batch, "batch_size")
+        self.detect_every = setting(detect_every, "detect_every") or 1
+        self.min_face, self.min_track = setting(min_face, "min_face"), setting(min_track, "min_track")
+        self.max_gap, self.crop_size = setting(max_gap, "max_gap"), setting(crop_size, "crop_size")
         self.progress = progress
         self.paths = [resolve_checkpoint(reference) for reference in references]
         stages = [_stage_of(path, str(reference)) for path, reference in zip(self.paths, references)]
@@ -267,7 +276,7 @@ class Predictor:
         # main_prepare.py's tracking: a person back in the frame within 3 s stays one track
         tracker = Tracker(max_gap=self.max_gap, min_length=self.min_track,
                           join_gap=max(1, int(round(3 * (info.fps or 25)))))
-        pipeline = FacePipeline(self.detector, self.detect_batch, tracker)
+        pipeline = FacePipeline(self.detector, self.detect_batch, tracker, detect_every=self.detect_every)
         frame_numbers, frame_times = [], []
         faces = {"frame": [], "provisional": [], "score": [], "box": []}
         pending, outputs = [], []

@@ -43,12 +43,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="the models' precision (default auto: bf16 where the device computes it natively)")
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="aligned faces per forward pass, across frames and people (default: %(default)s)")
-    parser.add_argument("--detect-batch", type=positive_int, default=16,
-                        help="frames per detector batch (default: %(default)s)")
-    parser.add_argument("--min-face", type=positive_int, default=40,
-                        help="smallest face searched, in pixels (default: %(default)s, as main_prepare.py)")
-    parser.add_argument("--min-track", type=positive_int, default=5,
-                        help="tracks seen in fewer frames are dropped as spurious detections (default: %(default)s)")
+    parser.add_argument("--detect-batch", type=positive_int, metavar="N",
+                        help="frames per detector batch (default: main_prepare.py's --batch-size)")
+    parser.add_argument("--detect-every", type=positive_int, metavar="K",
+                        help="search the whole frame on every K-th frame, and between those only around the faces "
+                             "they found (default: main_prepare.py's)")
+    parser.add_argument("--min-face", type=positive_int, metavar="PX",
+                        help="smallest face searched, in pixels (default: main_prepare.py's)")
+    parser.add_argument("--min-track", type=positive_int, metavar="N",
+                        help="tracks seen in fewer frames are dropped as spurious detections (default: "
+                             "main_prepare.py's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -108,8 +112,8 @@ def run(args) -> list[str]:
         tqdm.write(f"error: {line}", file=sys.stderr)
     with OutputDirLock(args.output_dir, "predict.py"):
         predictor = Predictor(args.ckpt, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                              detect_batch=args.detect_batch, min_face=args.min_face, min_track=args.min_track,
-                              progress=not args.no_progress)
+                              detect_batch=args.detect_batch, detect_every=args.detect_every, min_face=args.min_face,
+                              min_track=args.min_track, progress=not args.no_progress)
         done = []
         for name, path in tqdm(videos, desc="videos", unit="video", disable=args.no_progress or len(videos) < 2,
                                dynamic_ncols=True):

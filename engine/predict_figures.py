@@ -53,7 +53,7 @@ def timeline_figure(table, title: str = ""):
     grid = figure.add_gridspec(4 * blocks, 2, height_ratios=[2.2, 0.45, 2.4, 0.75] * blocks, width_ratios=[60, 1],
                                hspace=0.15, wspace=0.02)
     expression_map = ListedColormap(EXPRESSION_COLOURS)
-    expression_map.set_bad((1, 1, 1, 0))
+    expression_map = expression_map.with_extremes(bad=(1, 1, 1, 0))
     axis = None
     for block, track in enumerate(tracks):
         series = track_series(table, track, times)

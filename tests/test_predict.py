@@ -1,0 +1,352 @@
+"""``predict.py`` and ``engine.predict.Predictor``: a video written here with PyAV (two synthetic people, a frame
+without a face, a tone as its sound) gives one row per decoded frame and face, the people on their own tracks, the
+predictions of ``main_prepare.py`` followed by ``main_mtl.py --eval`` on the same frames (up to the JPEG round trip
+of the prepared crops), an annotated copy with the source's frames, timing and sound; the API and the command line
+agree; ensembles average as ``--eval --ckpt A B``; hub references resolve from a local cache with no network; bad
+inputs cost one line each."""
+
+import contextlib
+import io
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY
+
+from datasets import mtl
+from datasets.media import prepared
+from engine.predict import AU_ACTIVE_COLUMNS, AU_COLUMNS, EXPR_COLUMNS, NO_FACE, VIDEO_COLUMNS, Predictor
+from utils import abaw
+
+FRAMES, BLANK = 10, 5  # frame 5 (1-based) shows nobody
+WIDTH, HEIGHT, TILE = 256, 128, 96
+EVAL = ["--num-workers", "0", "--precision", "fp32", "--device", "cpu"]
+SETTINGS = dict(device="cpu", precision="fp32")
+# The crops of main_prepare.py are JPEG files (quality 95): the models see them decoded, predict.py sees the crops
+# themselves. On these faces that moves the tiny model's VA by at most 5e-4 (another face, or another detection of
+# it, moves it by about 1e-2).
+JPEG_TOLERANCE = 2e-3
+
+
+def face_tile(identity: int) -> np.ndarray:
+    from datasets.synthetic.render import render_face, sample_identity, sample_look
+
+    rng = np.random.default_rng(identity)
+    face, look = sample_identity(rng, "video"), sample_look(rng, "video")
+    return render_face(face, np.zeros(15), (0.0, 1.0, 0.0, 0.0), look, TILE, rng)[:, :, ::-1].copy()
+
+
+def people_frames():
+    """Two people side by side (the left one drifting right and down), nobody in frame ``BLANK``."""
+    left, right = face_tile(3), face_tile(5)
+    for k in range(FRAMES):
+        frame = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
+        if k + 1 != BLANK:
+            frame[16 + k:16 + k + TILE, 16 + 2 * k:16 + 2 * k + TILE] = left
+            frame[16:16 + TILE, 144:144 + TILE] = right
+        yield frame
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """The two-person video with sound, a folder of inputs (the video, two images, an unreadable file)."""
+    from datasets.synthetic.videos import write_video
+
+    root = tmp_path_factory.mktemp("predict_media")
+    tone = (0.3 * np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    video = str(root / "people.mp4")
+    write_video(video, people_frames(), np.arange(FRAMES) / 10, sound=tone, fps=10)
+    inputs = root / "inputs"
+    (inputs / "deeper").mkdir(parents=True)
+    shutil.copy(video, inputs / "deeper" / "people.mp4")
+    import cv2
+
+    frames = list(people_frames())
+    cv2.imwrite(str(inputs / "two_faces.jpg"), frames[0][:, :, ::-1])
+    cv2.imwrite(str(inputs / "nobody.png"), frames[BLANK - 1])
+    (inputs / "broken.mp4").write_bytes(b"not a video at all")
+    return {"video": video, "inputs": str(inputs), "root": root}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(mtl_data, tmp_path_factory):
+    """A tiny EMMA trained 2 steps, and a second member: the same with its heads moved (another model's outputs)."""
+    from engine.entry import main
+
+    root = tmp_path_factory.mktemp("predict_ckpts")
+    with contextlib.redirect_stdout(io.StringIO()):
+        main("mtl", "", ["--data-dir", str(mtl_data), "--output-dir", str(root / "a"), *TINY, "--epochs", "1",
+                         "--max-steps", "2", "--dan", "none"])
+    first = root / "a" / "checkpoints" / "best_mtl.pth"
+    content = torch.load(first, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for key, value in content["model"].items():
+        if value.is_floating_point() and ("head" in key):
+            content["model"][key] = value + 0.5 * torch.randn(value.shape, generator=generator)
+    content["au_thresholds"] = [0.45] * abaw.NUM_AU
+    second = root / "b.pth"
+    torch.save(content, second)
+    return {"a": str(first), "b": str(second)}
+
+
+def run_cli(capsys, *argv):
+    """``predict.py`` in this process: (exit status, stdout, stderr)."""
+    from engine.predict_cli import main
+
+    capsys.readouterr()
+    code = 0
+    try:
+        main("", [str(arg) for arg in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def cli_run(media, checkpoints, tmp_path_factory):
+    """``predict.py INPUTS --annotate`` over the folder of inputs, once."""
+    out = tmp_path_factory.mktemp("predict_out")
+    from engine.predict_cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main("", [media["inputs"], "--ckpt", checkpoints["a"], "--output-dir", str(out), "--annotate",
+                      "--precision", "fp32", "--device", "cpu", "--no-progress"])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+    return {"out": out, "code": code, "stderr": err.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def table(cli_run):
+    return pd.read_csv(cli_run["out"] / "people.csv")
+
+
+def test_every_decoded_frame_is_listed_once_and_a_frame_without_a_face_keeps_an_empty_row(table):
+    assert list(table.columns) == VIDEO_COLUMNS
+    assert sorted(table["frame"].unique()) == list(range(1, FRAMES + 1))
+    assert np.allclose(table.groupby("frame")["time"].first().to_numpy(), np.arange(FRAMES) / 10)
+    blank = table[table["frame"] == BLANK]
+    assert len(blank) == 1 and blank["track"].isna().all() and blank[["valence", *AU_COLUMNS]].isna().to_numpy().all()
+    others = table[table["frame"] != BLANK]
+    assert (others.groupby("frame")["track"].apply(sorted).map(tuple) == (1, 2)).all()
+    assert not others[["valence", "arousal", "expression", *EXPR_COLUMNS, *AU_COLUMNS]].isna().to_numpy().any()
+    assert np.allclose(others[EXPR_COLUMNS].sum(axis=1), 1, atol=1e-5)
+    assert set(others["expression"]) <= set(abaw.EXPR_NAMES)
+    assert ((others[AU_COLUMNS].to_numpy() >= 0.5) == others[AU_ACTIVE_COLUMNS].to_numpy()).all()
+
+
+def test_two_people_are_kept_apart_on_one_track_each(table):
+    left, right = table[table["track"] == 1], table[table["track"] == 2]
+    assert len(left) == len(right) == FRAMES - 1
+    assert (left["x2"] < WIDTH / 2 + 20).all() and (right["x1"] > WIDTH / 2).all()
+    assert (np.diff(left["x1"].to_numpy()) > -2).all()  # the left one drifts right, and stays track 1
+
+
+def test_the_command_names_an_unreadable_input_does_the_others_and_exits_non_zero(cli_run, table):
+    assert cli_run["code"] == 2
+    assert "broken.mp4" in cli_run["stderr"] and "1 input(s) failed" in cli_run["stderr"]
+    assert {"people.csv", "people_timeline.png", "people_annotated.mp4", "images.csv"} <= set(
+        os.listdir(cli_run["out"]))
+    assert not (cli_run["out"] / "broken.csv").exists()
+
+
+def test_images_give_a_row_per_face_and_a_row_saying_so_without_one(cli_run):
+    images = pd.read_csv(cli_run["out"] / "images.csv")
+    faces = images[images["image"].str.endswith("two_faces.jpg")]
+    assert faces["face"].tolist() == [1, 2] and faces["x1"].iloc[0] < faces["x1"].iloc[1]
+    assert faces["note"].isna().all() and faces["valence"].notna().all()
+    nobody = images[images["image"].str.endswith("nobody.png")]
+    assert len(nobody) == 1 and nobody["note"].iloc[0] == NO_FACE and nobody["valence"].isna().all()
+
+
+def test_the_annotated_video_has_the_sources_frames_timing_and_sound(cli_run, media):
+    import av
+
+    def frame_times(path):
+        with av.open(path) as container:
+            return [float(frame.time) for frame in container.decode(video=0)]
+
+    annotated = str(cli_run["out"] / "people_annotated.mp4")
+    assert np.allclose(frame_times(annotated), frame_times(media["video"]), atol=1e-3)
+    with av.open(annotated) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        rate = stream.rate
+    assert abs(samples / rate - 1.0) < 0.1  # the one-second tone
+    with av.open(annotated) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    source = next(people_frames()).astype(int)
+    assert np.abs(first - source).mean() > 1  # something is drawn on it
+
+
+def test_the_api_and_the_command_line_agree(table, media, checkpoints):
+    frame = Predictor(checkpoints["a"], **SETTINGS).video(media["video"])
+    assert list(frame.columns) == list(table.columns) and len(frame) == len(table)
+    assert frame["track"].astype("float").equals(table["track"].astype("float"))
+    assert frame["expression"].fillna("").tolist() == table["expression"].fillna("").tolist()
+    numbers = frame.columns.drop(["expression"])
+    assert np.allclose(frame[numbers].to_numpy(float), table[numbers].to_numpy(float), atol=1e-6, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def prepared_eval(media, checkpoints, tmp_path_factory):
+    """``main_prepare.py`` on the video, then ``main_mtl.py --eval`` on its crops (an MTL layout whose validation
+    file lists every crop), for one checkpoint and for the ensemble of both."""
+    from engine.entry import main as mtl_main
+    from engine.prepare import main as prepare_main
+
+    root = tmp_path_factory.mktemp("prepared_eval")
+    with contextlib.redirect_stdout(io.StringIO()):
+        prepare_main("", ["--videos", media["video"], "--output-dir", str(root / "prepared"), "--device", "cpu",
+                          "--no-progress"])
+    data = root / "data"
+    data.mkdir()
+    os.symlink(root / "prepared" / prepared.CROPS, data / mtl.IMAGE_DIR)
+    images = sorted(f"{folder}/{name}" for folder in os.listdir(data / mtl.IMAGE_DIR)
+                    for name in os.listdir(data / mtl.IMAGE_DIR / folder))
+    labels = ",0.1,0.2,1," + ",".join(["0"] * abaw.NUM_AU)
+    for name in (mtl.TRAIN_FILE, mtl.VAL_FILE):
+        (data / name).write_text(",".join(mtl.FIELD_NAMES) + "\n" + "".join(f"{i}{labels}\n" for i in images))
+    results = {}
+    for key, ckpts in (("a", [checkpoints["a"]]), ("ab", [checkpoints["a"], checkpoints["b"]])):
+        with contextlib.redirect_stdout(io.StringIO()):
+            mtl_main("mtl", "", ["--eval", "--ckpt", *ckpts, "--data-dir", str(data), "--output-dir",
+                                 str(root / f"eval_{key}"), *EVAL])
+        results[key] = read_submission(root / f"eval_{key}" / "val_predictions.txt")
+    return {"crops": data / mtl.IMAGE_DIR, "eval": results}
+
+
+def read_submission(path) -> pd.DataFrame:
+    """An MTL submission file (image, valence, arousal, expression index, 12 AU decisions per line)."""
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return pd.DataFrame({"image": [row[0] for row in rows], "valence": [float(row[1]) for row in rows],
+                         "arousal": [float(row[2]) for row in rows], "expression": [int(row[3]) for row in rows],
+                         **{name: [int(row[4 + k]) for row in rows] for k, name in enumerate(AU_ACTIVE_COLUMNS)}})
+
+
+def eval_rows(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The submission rows keyed by (track, frame): the left person's folder is track 1, the right one's track 2."""
+    folder = predictions["image"].str.split("/").str[0]
+    frame = predictions["image"].str.split("/").str[1].str[:-4].astype(int)
+    track = folder.map({"people_left": 1, "people_right": 2})
+    return predictions.assign(track=track, frame=frame).set_index(["track", "frame"])
+
+
+def test_predictions_equal_prepare_then_eval_up_to_the_jpeg_round_trip(table, prepared_eval):
+    reference = eval_rows(prepared_eval["eval"]["a"])
+    ours = table.dropna(subset=["track"]).astype({"track": int}).set_index(["track", "frame"])
+    assert sorted(reference.index) == sorted(ours.index)  # the same faces on the same tracks
+    ours = ours.loc[reference.index]
+    gap = np.abs(ours[["valence", "arousal"]].to_numpy() - reference[["valence", "arousal"]].to_numpy())
+    assert gap.max() < JPEG_TOLERANCE, gap.max()
+    probabilities = ours[EXPR_COLUMNS].to_numpy()
+    top_two = np.sort(probabilities, 1)[:, -2:]
+    decided = top_two[:, 1] - top_two[:, 0] > JPEG_TOLERANCE  # not a near tie that the JPEG may flip
+    assert (ours["expression"].map(abaw.EXPR_NAMES.index).to_numpy() == reference["expression"].to_numpy())[
+        decided].all()
+    clear = np.abs(ours[AU_COLUMNS].to_numpy() - 0.5) > JPEG_TOLERANCE  # not within the JPEG's reach of 0.5
+    assert (ours[AU_ACTIVE_COLUMNS].to_numpy() == reference[AU_ACTIVE_COLUMNS].to_numpy())[clear].all()
+
+
+def read_crops(folder, images):
+    from datasets.images import decode_image
+
+    return np.stack([decode_image(str(folder / image)).permute(1, 2, 0).numpy() for image in images])
+
+
+@pytest.mark.parametrize("members", ["a", "ab"])
+def test_on_the_prepared_crops_the_api_writes_what_eval_writes_for_one_model_and_an_ensemble(prepared_eval,
+                                                                                                checkpoints, members):
+    reference = prepared_eval["eval"][members]
+    predictor = Predictor([checkpoints[key] for key in members], **SETTINGS)
+    ours = predictor.faces(read_crops(prepared_eval["crops"], reference["image"]))
+    assert np.array_equal(ours[["valence", "arousal"]].to_numpy().round(6), reference[["valence", "arousal"]])
+    assert (ours["expression"].map(abaw.EXPR_NAMES.index) == reference["expression"]).all()
+    assert (ours[AU_ACTIVE_COLUMNS].to_numpy() == reference[AU_ACTIVE_COLUMNS].to_numpy()).all()
+    assert predictor.au_thresholds == [0.5] * abaw.NUM_AU  # the first member's (the second's are 0.45)
+
+
+def test_an_ensemble_averages_probabilities_and_clipped_va_with_the_first_members_thresholds(checkpoints):
+    from models import build_model
+
+    crops = np.stack([face_tile(3)[8:, :][:88, 4:92]] * 2 + [face_tile(5)[:88, :88]])
+    crops = np.ascontiguousarray(crops)
+    members = []
+    for key in ("a", "b"):
+        saved = torch.load(checkpoints[key], map_location="cpu", weights_only=True)
+        model = build_model(saved["model_config"]).eval()
+        model.load_state_dict(saved["model"])
+        size = saved["model_config"]["img_size"]
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255)
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(
+            1, 3, 1, 1)
+        with torch.no_grad():
+            members.append(model((x - mean) / std).double().numpy())
+    va = np.mean([np.clip(m[:, abaw.OUT_VA], -1, 1) for m in members], 0)
+    expr = np.mean([torch.softmax(torch.from_numpy(m[:, abaw.OUT_EXPR]), 1).numpy() for m in members], 0)
+    aus = np.mean([1 / (1 + np.exp(-m[:, abaw.OUT_AU])) for m in members], 0)
+    ours = Predictor([checkpoints["a"], checkpoints["b"]], **SETTINGS).faces(crops)
+    assert np.allclose(ours[["valence", "arousal"]].to_numpy(), va, atol=2e-6)
+    assert np.allclose(ours[EXPR_COLUMNS].to_numpy(), expr, atol=1e-5)
+    assert np.allclose(ours[AU_COLUMNS].to_numpy(), aus, atol=1e-5)
+    assert (ours[AU_ACTIVE_COLUMNS].to_numpy() == (aus >= 0.5)).all()  # the first member's thresholds, not 0.45
+    assert list(ours["expression"]) == [abaw.EXPR_NAMES[k] for k in expr.argmax(1)]
+
+
+def fake_hub_cache(root, repo: str, filename: str, source: str) -> str:
+    """A Hugging Face cache holding ``repo``'s ``filename`` at its main revision, laid out as huggingface_hub
+    writes it (refs/main naming a snapshot folder)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    target = folder / "snapshots" / commit / filename
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    return str(target)
+
+
+def test_a_hub_reference_resolves_from_the_local_cache_with_no_network(tmp_path, monkeypatch, checkpoints):
+    import huggingface_hub.constants
+
+    from engine.predict import resolve_checkpoint
+    from utils.errors import UserError
+
+    cached = fake_hub_cache(tmp_path / "hub", "someone/emma-tiny", "runs/best_mtl.pth", checkpoints["a"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert os.path.samefile(resolve_checkpoint("hf-hub:someone/emma-tiny/runs/best_mtl.pth"), cached)
+    crops = np.ascontiguousarray(np.stack([face_tile(3)[:88, :88]]))
+    hub = Predictor("hf-hub:someone/emma-tiny/runs/best_mtl.pth", **SETTINGS).faces(crops)
+    local = Predictor(checkpoints["a"], **SETTINGS).faces(crops)
+    pd.testing.assert_frame_equal(hub, local)
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        resolve_checkpoint("hf-hub:someone/emma-tiny/other.pth")
+    with pytest.raises(UserError, match="hf-hub:owner/repo/file.pth"):
+        resolve_checkpoint("hf-hub:someone/emma-tiny")
+
+
+def test_a_checkpoint_that_is_not_a_model_of_this_project_is_one_line(capsys, tmp_path, media, checkpoints):
+    state_dict = tmp_path / "weights.pth"
+    torch.save({"layer.weight": torch.zeros(2)}, state_dict)
+    other = torch.load(checkpoints["a"], map_location="cpu", weights_only=True)
+    other["model_config"] = dict(other["model_config"], name="cotex")
+    cotex = tmp_path / "cotex.pth"
+    torch.save(other, cotex)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    for path, message in ((state_dict, "has no model_config"), (cotex, "holds a cotex model"),
+                          (text, "not a readable checkpoint")):
+        code, _, err = run_cli(capsys, media["video"], "--ckpt", path, "--output-dir", tmp_path / "out",
+                               "--device", "cpu", "--no-progress")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "people.csv").exists()
