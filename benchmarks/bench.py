@@ -12,7 +12,10 @@ Warm-up steps run first and are not measured.
     python benchmarks/bench.py eval --model emma --vit base --batch-size 64 [--ckpt FILE] [--data-dir DIR]
     python benchmarks/bench.py extract --model emma --vit base --batch-size 64
     python benchmarks/bench.py temporal --threads 1 --in-dim 798 --window 100 --batch-size 32
+    python benchmarks/bench.py audio --encoder logmel --seconds 600
+    python benchmarks/bench.py audio --encoder wav2vec2-base --seconds 60 --threads 2
     python benchmarks/bench.py tracks --lines 3000000 --videos 594
+    python benchmarks/bench.py prepare --threads 2 --frames 96
 
 Every measurement runs the project's own code, not a copy of it: ``train`` calls the training loop
 (``engine.train.train_one_epoch``) with the task's model, loss, parameter groups, AdamW, schedule, autocast and
@@ -24,7 +27,9 @@ with the input transform, which resizes the frames; ``extract`` runs the same pr
 feature extraction (``engine.features``: the model's ``features``) and reports its speed as a ratio to ``eval`` on
 the same batches; ``temporal`` calls the training loop with the temporal stage's task and model on random features
 (windows/s, and the time of an epoch over the ABAW4 MTL training frames at that speed); ``tracks`` reads and joins
-a per-video VA track of the single-task layout with ``datasets.tracks`` (lines/s).
+a per-video VA track of the single-task layout with ``datasets.tracks`` (lines/s); ``prepare`` runs
+``main_prepare.py``'s work on one 640 x 360 video (decode, detect, track, align, write the crops, the sound and the
+faces) beside decoding plus facenet-pytorch's MTCNN at its default settings batched 16 on the same frames (frames/s).
 
 Fast paths can be switched off to measure what they gain: ``--precision fp32`` (bf16 autocast is the default where
 the device computes it), ``--attention fused|plain`` (the entry points pick per device and precision),
@@ -453,6 +458,55 @@ def bench_temporal(opts) -> None:
     summarise(records)
 
 
+def bench_audio(opts) -> None:
+    """Audio feature extraction of the temporal stage in seconds of sound per second: the log-mel
+    (``datasets.media.audio.LogMel``) or a speech encoder with Wav2Vec2-base's sizes and random weights built from its
+    config (``models.speech.SpeechEncoder``: chunks, batches, autocast), over one recording of ``--seconds``."""
+    from datasets.media.audio import SAMPLE_RATE, LogMel
+
+    device = pick_device(opts.device)
+    dtype = resolve_precision(opts.precision, device)
+    autocast = make_autocast(device, dtype)
+    samples = np.random.default_rng(0).normal(0.0, 0.1, int(opts.seconds * SAMPLE_RATE)).astype(np.float32)
+    if opts.encoder == "logmel":
+        encoder = LogMel()
+        settings = dict(encoder="logmel", precision="fp32")
+
+        def run() -> None:
+            encoder.encode(samples, device)
+    else:
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+        from models.speech import SpeechEncoder
+
+        torch.manual_seed(0)
+        encoder = SpeechEncoder(Wav2Vec2Model(Wav2Vec2Config()), opts.layer, "wav2vec2-base (random)",
+                                batch_size=opts.batch_size)
+        settings = dict(encoder=opts.encoder, layer=encoder.layer, batch_size=opts.batch_size,
+                        chunk_s=encoder.chunk / SAMPLE_RATE, precision=precision_name(dtype))
+
+        def run() -> None:
+            encoder.encode(samples, device, autocast)
+
+    for _ in range(opts.warmup):
+        run()
+    settings = dict(bench="audio", seconds=opts.seconds, **settings, **run_settings(opts, device))
+    records = []
+    for index in range(opts.repeat):
+        reset_peak_memory(device)
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        audio_per_s = opts.seconds / (time.perf_counter() - start)
+        # img_per_s counts seconds of sound here; aff_wild2_s: Aff-Wild2's ~30 hours of sound at this speed
+        record = dict(settings, run=index, img_per_s=round(audio_per_s, 1), audio_s_per_s=round(audio_per_s, 1),
+                      aff_wild2_s=round(30 * 3600 / audio_per_s, 1), peak_memory_mb=round(peak_memory_mb(device)))
+        records.append(record)
+        emit(record)
+    summarise(records)
+
+
 def bench_tracks(opts) -> None:
     """Reading a per-video VA track (ABAW2-8 layout): ``--lines`` annotation lines over ``--videos`` files, written
     once into ``--dir`` (random values, 5 % not annotated), then parsed, validated and joined per frame by
@@ -485,6 +539,153 @@ def bench_tracks(opts) -> None:
         records.append(record)
         emit(record)
     summarise(records)
+
+
+def bench_prepare(opts) -> None:
+    """``main_prepare.py`` end to end on one video (``--video``, default a synthetic 640 x 360 one with one person and
+    sound) against decoding plus facenet-pytorch's MTCNN with its default settings (20 px minimum face), 16 frames a
+    batch; ``img_per_s`` counts frames. The final line gives the ratio and both faces counts (no face lost)."""
+    import shutil
+    import tempfile
+
+    from facenet_pytorch import MTCNN
+
+    from datasets.media.faces import make_detector
+    from datasets.media.video import read_frames, video_name
+    from datasets.synthetic.videos import generate_videos
+    from engine.prepare import build_parser as prepare_parser
+    from engine.prepare import prepare_video
+
+    device = pick_device(opts.device)
+    work = tempfile.mkdtemp(prefix="bench_prepare_")
+    try:
+        video = opts.video
+        if video is None:
+            generate_videos(os.path.join(work, "source"), videos=1, frames=opts.frames, width=opts.width,
+                            height=opts.height, seed=0)
+            video = os.path.join(work, "source", "videos", "synth000.mp4")
+        baseline_model = MTCNN(device=device, keep_all=True)
+
+        def baseline() -> tuple[int, int]:
+            frames = faces = 0
+            batch = []
+            for frame in read_frames(video):
+                batch.append(frame.image)
+                if len(batch) == opts.batch_size:
+                    faces += _count_faces(baseline_model.detect(batch)[0])
+                    frames, batch = frames + len(batch), []
+            if batch:
+                faces += _count_faces(baseline_model.detect(batch)[0])
+                frames += len(batch)
+            return frames, faces
+
+        detector = make_detector("mtcnn", device, 40)
+        args = prepare_parser("").parse_args(["--videos", video, "--output-dir", os.path.join(work, "out"),
+                                              "--batch-size", str(opts.batch_size)])
+
+        def ours() -> tuple[int, int]:
+            shutil.rmtree(args.output_dir, ignore_errors=True)
+            stats = prepare_video(video_name(video), video, args, detector)
+            return stats["frames"], stats["faces"]
+
+        records = []
+        for index in range(opts.repeat + opts.warmup):
+            for name, run in (("decode + facenet-pytorch MTCNN defaults", baseline), ("main_prepare", ours)):
+                synchronize(device)
+                start = time.perf_counter()
+                frames, faces = run()
+                synchronize(device)
+                seconds = time.perf_counter() - start
+                record = dict(bench="prepare", pipeline=name, frames=frames, faces=faces, run=index,
+                              seconds=round(seconds, 2), img_per_s=round(frames / seconds, 1),
+                              **run_settings(opts, device))
+                if index >= opts.warmup:
+                    records.append(record)
+                    emit(record)
+        best = {name: max((r for r in records if r["pipeline"] == name), key=lambda r: r["img_per_s"])
+                for name in ("decode + facenet-pytorch MTCNN defaults", "main_prepare")}
+        ours_best, base_best = best["main_prepare"], best["decode + facenet-pytorch MTCNN defaults"]
+        emit(dict(bench="prepare", pipeline="main_prepare vs decode + MTCNN defaults", width=opts.width,
+                  height=opts.height, img_per_s=ours_best["img_per_s"], baseline_img_per_s=base_best["img_per_s"],
+                  speedup=round(ours_best["img_per_s"] / base_best["img_per_s"], 2), faces=ours_best["faces"],
+                  baseline_faces=base_best["faces"], **run_settings(opts, device)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _count_faces(boxes) -> int:
+    return sum(0 if frame_boxes is None else len(frame_boxes) for frame_boxes in boxes)
+
+
+def bench_predict(opts) -> None:
+    """``predict.py`` end to end (``engine.predict.Predictor.video``: decoding, the face pipeline, EMMA on every
+    aligned face, the table) on one video (``--video``, default a synthetic 640 x 360 one with one person), with the
+    demo's EMMA (``--model demo``) or the reference's ViT-B one (``--model base``), random weights, against
+    ``main_prepare.py`` alone on the same video; ``img_per_s`` counts frames. The final line gives the ratio."""
+    import shutil
+    import tempfile
+
+    from datasets.media.faces import make_detector
+    from datasets.media.video import video_name
+    from datasets.synthetic.videos import generate_videos
+    from engine.cli import parse_args
+    from engine.predict import Predictor
+    from engine.prepare import build_parser as prepare_parser
+    from engine.prepare import check_args as check_prepare_args
+    from engine.prepare import prepare_video
+    from engine.tasks import task_class
+    from models import build_model
+
+    device = pick_device(opts.device)
+    work = tempfile.mkdtemp(prefix="bench_predict_")
+    try:
+        video = opts.video
+        if video is None:
+            generate_videos(os.path.join(work, "source"), videos=1, frames=opts.frames, width=opts.width,
+                            height=opts.height, seed=0)
+            video = os.path.join(work, "source", "videos", "synth000.mp4")
+        # the model of main_mtl.py --demo, or of the reference recipe (its flags' defaults), saved as a checkpoint
+        flags = ["--demo"] if opts.model == "demo" else ["--data-dir", work]
+        task = task_class("mtl")(parse_args("mtl", "", flags))
+        config = task.model_config()
+        checkpoint = os.path.join(work, "emma.pth")
+        torch.save({"model": build_model(config).state_dict(), "model_config": config}, checkpoint)
+        predictor = Predictor(checkpoint, device=str(device), precision=opts.precision, batch_size=opts.batch_size)
+        prepare_args = prepare_parser("").parse_args(["--videos", video, "--output-dir", os.path.join(work, "out")])
+        check_prepare_args(prepare_args)
+        detector = make_detector("mtcnn", device, prepare_args.min_face)
+
+        def predict() -> int:
+            return int(predictor.video(video)["frame"].nunique())
+
+        def prepare() -> int:
+            shutil.rmtree(prepare_args.output_dir, ignore_errors=True)
+            return prepare_video(video_name(video), video, prepare_args, detector)["frames"]
+
+        records = []
+        for index in range(opts.repeat + opts.warmup):
+            for name, run in (("main_prepare", prepare), ("predict", predict)):
+                synchronize(device)
+                start = time.perf_counter()
+                frames = run()
+                synchronize(device)
+                seconds = time.perf_counter() - start
+                record = dict(bench="predict", pipeline=name, model=f"emma {config['vit_size']} {config['img_size']}px",
+                              frames=frames, run=index, seconds=round(seconds, 2),
+                              img_per_s=round(frames / seconds, 1), precision=precision_name(predictor.dtype),
+                              **run_settings(opts, device))
+                if index >= opts.warmup:
+                    records.append(record)
+                    emit(record)
+        best = {name: max((r for r in records if r["pipeline"] == name), key=lambda r: r["img_per_s"])
+                for name in ("main_prepare", "predict")}
+        emit(dict(bench="predict", pipeline="predict vs main_prepare", model=best["predict"]["model"],
+                  width=opts.width, height=opts.height, img_per_s=best["predict"]["img_per_s"],
+                  prepare_img_per_s=best["main_prepare"]["img_per_s"],
+                  ratio=round(best["predict"]["img_per_s"] / best["main_prepare"]["img_per_s"], 2),
+                  **run_settings(opts, device)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def model_flags(parser: argparse.ArgumentParser, models: bool = True) -> None:
@@ -584,11 +785,40 @@ def build_cli() -> argparse.ArgumentParser:
     temporal.add_argument("--steps", type=int, default=10, help="measured optimizer steps (default: %(default)s)")
     temporal.set_defaults(model="temporal", patch_size=None)
 
+    sound = commands.add_parser("audio", help="audio feature extraction of the temporal stage (img_per_s counts "
+                                              "seconds of sound)")
+    common_flags(sound, warmup=1)
+    sound.add_argument("--encoder", choices=["logmel", "wav2vec2-base"], default="logmel")
+    sound.add_argument("--seconds", type=float, default=120.0, help="length of the recording (default: %(default)s)")
+    sound.add_argument("--layer", type=int, default=None, help="the encoder's hidden state (default: the middle)")
+    sound.add_argument("--batch-size", type=int, default=8, help="chunks per batch (default: %(default)s)")
+    sound.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+
     reading = commands.add_parser("tracks", help="reading and joining a per-video VA track (img_per_s counts lines)")
     common_flags(reading, warmup=0)
     reading.add_argument("--lines", type=int, default=3_000_000, help="annotation lines (default: %(default)s)")
     reading.add_argument("--videos", type=int, default=594, help="annotation files (default: %(default)s)")
     reading.add_argument("--dir", default=None, help="where the track is written (default: a temporary folder)")
+
+    media = commands.add_parser("prepare", help="main_prepare.py on a 640 x 360 video against decoding + MTCNN "
+                                                "defaults (img_per_s counts frames)")
+    common_flags(media, warmup=1)
+    media.add_argument("--video", default=None, help="a video file (default: a synthetic one, rendered once)")
+    media.add_argument("--frames", type=int, default=96, help="frames of the synthetic video (default: %(default)s)")
+    media.add_argument("--width", type=int, default=640, help="synthetic video width (default: %(default)s)")
+    media.add_argument("--height", type=int, default=360, help="synthetic video height (default: %(default)s)")
+    media.add_argument("--batch-size", type=int, default=16, help="frames per detector batch (default: %(default)s)")
+    users = commands.add_parser("predict", help="predict.py end to end on a 640 x 360 video against main_prepare.py "
+                                                "alone (img_per_s counts frames)")
+    common_flags(users, warmup=1)
+    users.add_argument("--model", choices=["demo", "base"], default="demo",
+                       help="the demo's EMMA or the reference's ViT-B one (default: %(default)s)")
+    users.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    users.add_argument("--video", default=None, help="a video file (default: a synthetic one, rendered once)")
+    users.add_argument("--frames", type=int, default=96, help="frames of the synthetic video (default: %(default)s)")
+    users.add_argument("--width", type=int, default=640, help="synthetic video width (default: %(default)s)")
+    users.add_argument("--height", type=int, default=360, help="synthetic video height (default: %(default)s)")
+    users.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: %(default)s)")
     return parser
 
 
@@ -599,7 +829,8 @@ def main(argv=None) -> None:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     {"train": bench_train, "pretrain": bench_train, "data": bench_data, "eval": bench_eval, "extract": bench_extract,
-     "temporal": bench_temporal, "tracks": bench_tracks}[opts.command](opts)
+     "audio": bench_audio, "predict": bench_predict,
+     "temporal": bench_temporal, "tracks": bench_tracks, "prepare": bench_prepare}[opts.command](opts)
 
 
 if __name__ == "__main__":

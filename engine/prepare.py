@@ -55,6 +55,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--detector", choices=sorted(DETECTORS), default="mtcnn",
                         help="face detector (default mtcnn, whose weights come with facenet-pytorch)")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per detector batch (default 16)")
+    parser.add_argument("--detect-every", type=int, default=None, metavar="K",
+                        help="search the whole frame on every K-th frame and, between those, only around the faces "
+                             "they found (default 4, or --min-track when smaller; 1: every frame; at most "
+                             "--min-track, so that no face that can make a track is skipped)")
     parser.add_argument("--min-track", type=int, default=5,
                         help="tracks with fewer faces are dropped (and counted) as spurious detections (default 5)")
     parser.add_argument("--max-gap", type=int, default=12,
@@ -78,10 +82,18 @@ def check_args(args) -> None:
     for name, low in (("min_face", 12), ("batch_size", 1), ("min_track", 1), ("max_gap", 0)):
         if getattr(args, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if not 1 <= detect_every(args) <= args.min_track:
+        raise UserError(f"--detect-every must be between 1 and --min-track ({args.min_track}), got "
+                        f"{args.detect_every}")
     if not 1 <= args.jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality must be between 1 and 100, got {args.jpeg_quality}")
     if not args.demo and (not args.videos or not args.output_dir):
         raise UserError("give --videos PATH [PATH ...] and --output-dir OUT (or --demo)")
+
+
+def detect_every(args) -> int:
+    """``--detect-every``, or its default: 4, or ``--min-track`` when that is smaller."""
+    return args.detect_every if args.detect_every is not None else min(4, args.min_track)
 
 
 def main(description: str, argv=None) -> None:
@@ -349,7 +361,7 @@ def prepare_video(name: str, path: str, args, detector, progress=None) -> dict:
             os.makedirs(crops)
             made = set()
             writer = _JpegWriter(args.jpeg_quality, args.crop_size)
-            pipeline = FacePipeline(detector, args.batch_size, tracker)
+            pipeline = FacePipeline(detector, args.batch_size, tracker, detect_every(args))
             try:
                 with open(faces_raw, "w", encoding="utf-8", newline="\n") as faces_out:
                     for frame, faces in pipeline.run(read_frames(path)):

@@ -60,10 +60,14 @@ class Detector:
 
 
 class MTCNNDetector(Detector):
-    """facenet-pytorch's MTCNN (P-, R- and O-net, weights from its wheel) on ``device``, the whole batch at once.
+    """MTCNN's cascade with facenet-pytorch's P-, R- and O-nets (weights from its wheel) on ``device``, a whole batch
+    of frames at once.
 
     ``min_face``: the smallest face searched, in pixels (facenet-pytorch's default is 20; see the module text);
-    ``thresholds``: the three stages' score thresholds (facenet-pytorch's defaults).
+    ``thresholds``: the three stages' score thresholds and ``factor`` the pyramid's step (facenet-pytorch's defaults).
+    The cascade is facenet-pytorch's ``detect_face`` with one change: the candidate boxes of the second and third
+    stage are cut out and resized for their nets in one batched ``roi_align`` each (areas averaged, zeros outside the
+    frame, as the original MTCNN pads) instead of one resize per box, which cost more than the nets on a CPU.
     """
 
     name = "mtcnn"
@@ -73,29 +77,128 @@ class MTCNNDetector(Detector):
         from facenet_pytorch import MTCNN
 
         self.device = torch.device(device)
-        self.model = MTCNN(device=self.device, min_face_size=min_face, thresholds=list(thresholds), factor=factor,
-                           keep_all=True).eval()
-        self.min_face = min_face
+        model = MTCNN(device=self.device, min_face_size=min_face, thresholds=list(thresholds), factor=factor).eval()
+        self.pnet, self.rnet, self.onet = model.pnet, model.rnet, model.onet
+        self.min_face, self.thresholds, self.factor = min_face, tuple(thresholds), factor
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        return self._run(images, None)
+
+    def refine(self, images: list[np.ndarray], seeds: list[np.ndarray]) -> list[list[Face]]:
+        """The faces of ``images`` near ``seeds`` (per frame, an (n, 4) array of boxes where faces are expected):
+        the second and third stages alone, on candidates around the seed boxes, instead of the proposal net over the
+        whole image pyramid."""
+        return self._run(images, seeds)
+
+    def _run(self, images, seeds) -> list[list[Face]]:
         import torch
-        from facenet_pytorch.models.utils.detect_face import detect_face
 
         if not images:
             return []
-        batch = torch.from_numpy(np.stack(images)).to(self.device)
-        model = self.model
         with torch.inference_mode():
-            boxes, points = detect_face(batch, model.min_face_size, model.pnet, model.rnet, model.onet,
-                                        model.thresholds, model.factor, self.device)
+            batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
+            if seeds is None:
+                boxes, owner = self._proposals(batch)
+            else:
+                boxes, owner = self._seed_boxes(seeds)
+            boxes, points, owner = self._refine_stages(batch, boxes, owner)
+        boxes, points, owner = boxes.cpu().numpy(), points.cpu().numpy(), owner.cpu().numpy()
         result = []
-        for frame_boxes, frame_points in zip(boxes, points):
-            frame_boxes = np.asarray(frame_boxes, dtype=np.float64).reshape(-1, 5)
-            frame_points = np.asarray(frame_points, dtype=np.float64).reshape(-1, 5, 2)
-            order = np.argsort(-frame_boxes[:, 4], kind="stable")
-            result.append([Face(frame_boxes[i, :4].copy(), float(frame_boxes[i, 4]), frame_points[i].copy())
-                           for i in order])
+        for index in range(len(images)):
+            mine = np.flatnonzero(owner == index)
+            mine = mine[np.argsort(-boxes[mine, 4], kind="stable")]
+            result.append([Face(boxes[i, :4].astype(np.float64), float(boxes[i, 4]),
+                                points[i].astype(np.float64)) for i in mine])
         return result
+
+    def _seed_boxes(self, seeds):
+        """Square candidates around each seed box, as the proposal net would offer them: three sizes (from a little
+        larger to half as large again as the box) at five positions (the box's centre, and a tenth of the box
+        diagonally from it); the second stage scores them and keeps the best, so a face that moved or turned since
+        the seed is still framed."""
+        import torch
+
+        rows, owners = [], []
+        sizes = np.array([1.1, 1.3, 1.5])
+        shifts = np.array([(0.0, 0.0), (-0.1, -0.1), (0.1, -0.1), (-0.1, 0.1), (0.1, 0.1)])
+        for index, frame_seeds in enumerate(seeds):
+            for box in np.asarray(frame_seeds, np.float64).reshape(-1, 4):
+                centre, side = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]).max()
+                for size in sizes:
+                    for shift in shifts:
+                        middle = centre + shift * side
+                        rows.append([*(middle - size * side / 2), *(middle + size * side / 2), 1.0])
+                        owners.append(index)
+        boxes = torch.tensor(rows, dtype=torch.float32, device=self.device).reshape(-1, 5)
+        return boxes, torch.tensor(owners, dtype=torch.long, device=self.device)
+
+    def _proposals(self, images):
+        """Stage 1: the proposal net over the image pyramid, the whole batch per level; square candidate boxes
+        (n, 5) with scores, and their frame index (n,)."""
+        import torch
+        from facenet_pytorch.models.utils.detect_face import generateBoundingBox, rerec
+        from torch.nn.functional import interpolate
+        from torchvision.ops import batched_nms
+
+        height, width = images.shape[2:]
+        scale = 12.0 / self.min_face
+        side = min(height, width) * scale
+        found, owners = [], []
+        while side >= 12:
+            level = interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+            regression, probability = self.pnet((level - 127.5) * 0.0078125)
+            candidates, owner = generateBoundingBox(regression, probability[:, 1], scale, self.thresholds[0])
+            keep = batched_nms(candidates[:, :4], candidates[:, 4], owner, 0.5)
+            found.append(candidates[keep])
+            owners.append(owner[keep])
+            scale, side = scale * self.factor, side * self.factor
+        boxes = torch.cat(found) if found else images.new_zeros((0, 9))
+        owner = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long, device=images.device)
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], owner, 0.7)
+        boxes, owner = boxes[keep], owner[keep]
+        size = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)
+        return rerec(torch.cat([boxes[:, :4] + boxes[:, 5:9] * size, boxes[:, 4:5]], dim=1)), owner
+
+    def _refine_stages(self, images, boxes, owner):
+        """Stages 2 and 3 on candidate boxes: (boxes (n, 5) with scores, landmarks (n, 5, 2), frame index (n,))."""
+        import torch
+        from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, rerec
+        from torchvision.ops import batched_nms
+
+        points = images.new_zeros((0, 5, 2))
+        if len(boxes):  # stage 2: the refinement net on 24 x 24 crops
+            regression, probability = self.rnet(self._crops(images, boxes, owner, 24))
+            passed = probability[:, 1] > self.thresholds[1]
+            boxes = torch.cat([boxes[passed, :4], probability[passed, 1:2]], dim=1)
+            owner, regression = owner[passed], regression[passed]
+            keep = batched_nms(boxes[:, :4], boxes[:, 4], owner, 0.7)
+            boxes = rerec(bbreg(boxes[keep], regression[keep]))
+            owner = owner[keep]
+        if len(boxes):  # stage 3: the output net on 48 x 48 crops: final boxes, scores and landmarks
+            regression, marks, probability = self.onet(self._crops(images, boxes, owner, 48))
+            passed = probability[:, 1] > self.thresholds[2]
+            boxes = torch.cat([boxes[passed, :4], probability[passed, 1:2]], dim=1)
+            owner, regression, marks = owner[passed], regression[passed], marks[passed]
+            box_w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            box_h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            points = torch.stack([box_w * marks[:, :5] + boxes[:, 0:1] - 1, box_h * marks[:, 5:] + boxes[:, 1:2] - 1],
+                                 dim=2)
+            boxes = bbreg(boxes, regression)
+            keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], owner, 0.7, "Min")
+            boxes, points, owner = boxes[keep], points[keep], owner[keep]
+        return boxes, points, owner
+
+    @staticmethod
+    def _crops(images, boxes, owner, size: int):
+        """Each box's pixels (facenet-pytorch's 1-based inclusive corners) resized to ``size``, normalised."""
+        import torch
+        from torchvision.ops import roi_align
+
+        rois = torch.cat([owner[:, None].to(boxes.dtype), boxes[:, 0:2] - 1, boxes[:, 2:4]], dim=1)
+        # 3 x 3 bilinear samples averaged per output pixel: close to an area resize at the few-fold reductions of
+        # face boxes, and a fixed cost whatever the box size
+        crops = roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=3, aligned=True)
+        return (crops - 127.5) * 0.0078125
 
 
 DETECTORS = {"mtcnn": MTCNNDetector}
@@ -306,23 +409,58 @@ def prefetch(iterable, depth: int):
 class FacePipeline:
     """Detection in batches of ``batch_size`` frames, then tracking, over a stream of ``Frame``s (see
     ``datasets.media.video.read_frames``). ``run`` yields ``(frame, faces)`` in frame order; the tracker is left in
-    ``self.tracker`` for ``finish()``."""
+    ``self.tracker`` for ``finish()``.
 
-    def __init__(self, detector: Detector, batch_size: int = 16, tracker: Tracker | None = None):
+    ``detect_every`` K > 1 (for a detector with ``refine``): the full detector runs on frames 1, 1 + K, 1 + 2K, ...
+    (and the last), and a frame between two of them is searched only where those two found faces (``refine``: the
+    second and third MTCNN stages on those boxes, a fraction of the cost of the image pyramid). A person seen in at
+    least K consecutive frames is in some fully searched frame, so with K no larger than the tracker's minimum track
+    length every face that can make a kept track is looked for in every frame. Frames wait for the next fully
+    searched one: at most ``batch_size + K`` frames are held.
+    """
+
+    def __init__(self, detector: Detector, batch_size: int = 16, tracker: Tracker | None = None,
+                 detect_every: int = 1):
         self.detector, self.batch_size = detector, batch_size
         self.tracker = tracker or Tracker()
+        self.every = detect_every if hasattr(detector, "refine") else 1
+        self._previous_key: list[Face] | None = None
+
+    def _is_key(self, frame) -> bool:
+        return (frame.index - 1) % self.every == 0
 
     def run(self, frames):
-        batch = []
+        self._previous_key = None
+        buffer = []
         for frame in prefetch(frames, depth=2 * self.batch_size):
-            batch.append(frame)
-            if len(batch) == self.batch_size:
-                yield from self._flush(batch)
-                batch = []
-        if batch:
-            yield from self._flush(batch)
+            buffer.append(frame)
+            if self._is_key(frame) and len(buffer) >= self.batch_size:
+                yield from self._process(buffer, final=False)
+                buffer = []
+        if buffer:
+            yield from self._process(buffer, final=True)
 
-    def _flush(self, batch):
-        detections = self.detector.detect([frame.image for frame in batch])
-        for frame, faces in zip(batch, detections):
-            yield frame, self.tracker.update(frame.index, faces)
+    def _process(self, buffer, final: bool):
+        keys = [k for k, frame in enumerate(buffer) if self._is_key(frame) or (final and k == len(buffer) - 1)]
+        found: dict[int, list[Face]] = {}
+        for start in range(0, len(keys), self.batch_size):
+            chunk = keys[start:start + self.batch_size]
+            found.update(zip(chunk, self.detector.detect([buffer[k].image for k in chunk])))
+        between = [k for k in range(len(buffer)) if k not in found]
+        seeded = []
+        for k in between:
+            before = max((key for key in keys if key < k), default=None)
+            after = min((key for key in keys if key > k), default=None)
+            seeds = (found[before] if before is not None else self._previous_key or []) + (
+                found[after] if after is not None else [])
+            if seeds:
+                seeded.append((k, np.stack([face.box for face in seeds])))
+            else:
+                found[k] = []
+        for start in range(0, len(seeded), self.batch_size):
+            chunk = seeded[start:start + self.batch_size]
+            faces = self.detector.refine([buffer[k].image for k, _ in chunk], [boxes for _, boxes in chunk])
+            found.update(zip([k for k, _ in chunk], faces))
+        self._previous_key = found[keys[-1]] if keys else self._previous_key
+        for k, frame in enumerate(buffer):
+            yield frame, self.tracker.update(frame.index, found[k])

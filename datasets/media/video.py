@@ -3,8 +3,9 @@
 Frames come one at a time in the order the decoder gives them (presentation order), numbered from 1, each with its
 time in seconds from the first frame, taken from the frame's own timestamp: a phone's variable frame rate keeps
 its real timing. The stream's display matrix (the rotation flag of a phone video) is applied, so the images are
-upright as a player shows them. The sound is resampled to 16 kHz, its channels averaged to mono, and aligned so that sample 0 is the moment of
-frame 1 (the first frame's time): the sound of frame k starts at sample ``round(time_k * 16000)``.
+upright as a player shows them. The sound is resampled to 16 kHz, its channels averaged to mono, and aligned so
+that sample 0 is the moment of frame 1 (the first frame's time): the sound of frame k starts at sample
+``round(time_k * 16000)``.
 
 Nothing holds a whole video: frames and sound chunks are generated as they are decoded.
 """
