@@ -71,3 +71,8 @@ if os.path.isfile(path):
     record["test_p_mtl"] = round(json.load(open(path))["p_mtl"], 4)
 print(json.dumps(record))
 PY
+
+# predict.py end to end on a 640 x 360 video with EMMA ViT-B in bf16: decode, detect, track, align, predict every face
+# (goal: >= 300 frames/s), against main_prepare.py alone on the same video
+measure predict python benchmarks/bench.py predict --model base --device cuda --precision bf16 --frames 480 \
+  --warmup 1 --repeat 2

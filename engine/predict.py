@@ -140,7 +140,7 @@ class Predictor:
                  detect_batch: int | None = None, detect_every: int | None = None, min_face: int | None = None,
                  min_track: int | None = None, max_gap: int | None = None, crop_size: int | None = None,
                  progress: bool = False):
-        from engine.prepare import build_parser as prepare_parser
+        from engine import prepare
         from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision
 
         references = [ckpt] if isinstance(ckpt, (str, os.PathLike)) else list(ckpt)
@@ -149,15 +149,18 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.autocast = make_autocast(self.device, self.dtype)
-        prepare = prepare_parser("")
-
-        def setting(value, flag):
-            return prepare.get_default(flag) if value is None else value
-
-        self.batch_size, self.detect_batch = batch_size, setting(detect_batch, "batch_size")
-        self.detect_every = setting(detect_every, "detect_every") or 1
-        self.min_face, self.min_track = setting(min_face, "min_face"), setting(min_track, "min_track")
-        self.max_gap, self.crop_size = setting(max_gap, "max_gap"), setting(crop_size, "crop_size")
+        # main_prepare.py's own flags and checks decide the face pipeline's settings (one rule for both)
+        argv = ["--videos", "-", "--output-dir", "-"]
+        for flag, value in (("--batch-size", detect_batch), ("--detect-every", detect_every), ("--min-face", min_face),
+                            ("--min-track", min_track), ("--max-gap", max_gap), ("--crop-size", crop_size)):
+            argv += [flag, str(value)] if value is not None else []
+        faces = prepare.build_parser("").parse_args(argv)
+        prepare.check_args(faces)
+        self.batch_size, self.detect_batch = batch_size, faces.batch_size
+        rule = getattr(prepare, "detect_every", None)  # main_prepare.py's default of --detect-every
+        self.detect_every = rule(faces) if rule is not None else getattr(faces, "detect_every", None) or 1
+        self.min_face, self.min_track, self.max_gap, self.crop_size = (faces.min_face, faces.min_track, faces.max_gap,
+                                                                       faces.crop_size)
         self.progress = progress
         self.paths = [resolve_checkpoint(reference) for reference in references]
         stages = [_stage_of(path, str(reference)) for path, reference in zip(self.paths, references)]
@@ -276,7 +279,9 @@ class Predictor:
         # main_prepare.py's tracking: a person back in the frame within 3 s stays one track
         tracker = Tracker(max_gap=self.max_gap, min_length=self.min_track,
                           join_gap=max(1, int(round(3 * (info.fps or 25)))))
-        pipeline = FacePipeline(self.detector, self.detect_batch, tracker, detect_every=self.detect_every)
+        # detect_every > 1: the full search on every k-th frame, only around its faces in between (as main_prepare.py)
+        every = {"detect_every": self.detect_every} if self.detect_every > 1 else {}
+        pipeline = FacePipeline(self.detector, self.detect_batch, tracker, **every)
         frame_numbers, frame_times = [], []
         faces = {"frame": [], "provisional": [], "score": [], "box": []}
         pending, outputs = [], []
