@@ -605,7 +605,8 @@ def bench_prepare(opts) -> None:
         best = {name: max((r for r in records if r["pipeline"] == name), key=lambda r: r["img_per_s"])
                 for name in ("decode + facenet-pytorch MTCNN defaults", "main_prepare")}
         ours_best, base_best = best["main_prepare"], best["decode + facenet-pytorch MTCNN defaults"]
-        emit(dict(bench="prepare", pipeline="main_prepare vs decode + MTCNN defaults", width=opts.width,
+        emit(dict(bench="prepare", final=True, runs=opts.repeat, pipeline="main_prepare vs decode + MTCNN defaults",
+                  width=opts.width,
                   height=opts.height, img_per_s=ours_best["img_per_s"], baseline_img_per_s=base_best["img_per_s"],
                   speedup=round(ours_best["img_per_s"] / base_best["img_per_s"], 2), faces=ours_best["faces"],
                   baseline_faces=base_best["faces"], **run_settings(opts, device)))

@@ -3,7 +3,8 @@
 #   the suite's GPU tests (pytest -m gpu); EMMA ViT-B and masked CoTEX 2 x ViT-B (mask 0.75) training img/s in bf16 at
 #   the reference batches (100 and 64), and MAE ViT-B/16 pretraining at batch 256, with MFU and peak memory, eager and
 #   --compile; the MTL data pipeline with 8 workers feeding 224 px batches to the GPU, against the training speed it
-#   must keep up with; a --demo-sized end-to-end MTL run on the GPU.
+#   must keep up with; a --demo-sized end-to-end MTL run on the GPU; main_prepare.py frames/s on a 640 x 360 video
+#   beside decoding + facenet-pytorch's MTCNN defaults batched 16 (goal: >= 300 frames/s).
 # Usage: sh benchmarks/gpu_check.sh [WORK_DIR]      (WORK_DIR, default a new temporary folder, keeps the logs)
 set -eu
 cd "$(dirname "$0")/.."
@@ -45,6 +46,10 @@ for compile in "" "--compile"; do
     --precision bf16 --device cuda $compile
 done
 
+# the temporal stage's sound through a Wav2Vec2-base-sized encoder in bf16 (goal: Aff-Wild2's ~30 h, aff_wild2_s, in
+# under 600 s)
+measure audio python benchmarks/bench.py audio --encoder wav2vec2-base --seconds 900 --batch-size 16 --device cuda \
+  --repeat 3
 python -m datasets.synthetic mtl "$WORK/data" --videos 80 --frames 50 > "$WORK/data_gen.log" 2>&1
 measure data python benchmarks/bench.py data --data-dir "$WORK/data" --batch-size 100 --workers 8 --img-size 224 \
   --device cuda --batches 60
@@ -71,6 +76,9 @@ if os.path.isfile(path):
     record["test_p_mtl"] = round(json.load(open(path))["p_mtl"], 4)
 print(json.dumps(record))
 PY
+
+# raw video preparation on the GPU: decode, detect (MTCNN batched), track, align, write (goal: >= 300 frames/s)
+measure prepare python benchmarks/bench.py prepare --device cuda --frames 480 --batch-size 32 --warmup 1 --repeat 2
 
 # predict.py end to end on a 640 x 360 video with EMMA ViT-B in bf16: decode, detect, track, align, predict every face
 # (goal: >= 300 frames/s), against main_prepare.py alone on the same video

@@ -109,7 +109,8 @@ def main(description: str, argv=None) -> None:
         sys.exit(2)
     if failures:
         if dist.is_main():
-            print(f"error: {len(failures)} input(s) failed: " + "; ".join(failures), file=sys.stderr, flush=True)
+            print(f"error: {len(failures)} input(s) failed (each named above): "
+                  + ", ".join(path for path, _ in failures), file=sys.stderr, flush=True)
         sys.exit(2)
 
 
@@ -118,7 +119,8 @@ def main(description: str, argv=None) -> None:
 
 
 def prepare(args) -> list[str]:
-    """Prepare ``args.videos`` into ``args.output_dir``; returns the failed inputs' lines (empty when all went well)."""
+    """Prepare ``args.videos`` into ``args.output_dir``; returns ``(path, message)`` of each failed input (empty
+    when all went well)."""
     from utils.lock import OutputDirLock
 
     device = dist.setup(args.device)
@@ -141,7 +143,7 @@ def prepare(args) -> list[str]:
             stats, failed = _prepare_share(mine, args, detector)
             everything = _gather((stats, failed))
             if dist.is_main():
-                failures += [line for _, lines in everything for line in lines]
+                failures += [failure for _, failed_here in everything for failure in failed_here]
                 all_stats = [s for part, _ in everything for s in part]
                 prepared.write_videos(args.output_dir, _records(args.output_dir))
                 _summary(all_stats, len(videos), failures, args)
@@ -154,25 +156,27 @@ def prepare(args) -> list[str]:
     return failures
 
 
-def _collect(paths) -> tuple[list[tuple[str, str]], list[str]]:
-    """(name, path) of every video found, sorted by name, and a line per path that is not usable."""
+def _collect(paths) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(name, path) of every video found, sorted by name, and (path, message) of each path that is not usable
+    (said on rank 0)."""
     failures, seen, videos = [], {}, []
     for path in paths:
         try:
             found = find_videos([path])
         except MediaError as error:
-            failures.append(str(error))
+            failures.append((path, str(error)))
             continue
         for video in found:
             name = video_name(video)
             if name in seen and os.path.abspath(seen[name]) != os.path.abspath(video):
-                failures.append(f"{video}: another video has the name {name} ({seen[name]}); rename one of them")
+                failures.append((video, f"{video}: another video has the name {name} ({seen[name]}); rename one"))
                 continue
             if name not in seen:
                 seen[name] = video
                 videos.append((name, video))
-    for line in failures:
-        _say(line, error=True)
+    if dist.is_main():
+        for _, message in failures:
+            _say(message, error=True)
     return sorted(videos), failures
 
 
@@ -261,7 +265,7 @@ def _estimate_frames(path: str) -> int:
     return 0
 
 
-def _prepare_share(videos, args, detector) -> tuple[list[dict], list[str]]:
+def _prepare_share(videos, args, detector) -> tuple[list[dict], list[tuple[str, str]]]:
     stats, failed = [], []
     progress = _Progress(videos, not args.no_progress)
     try:
@@ -275,9 +279,9 @@ def _prepare_share(videos, args, detector) -> tuple[list[dict], list[str]]:
             try:
                 stats.append(prepare_video(name, path, args, detector, progress))
             except (MediaError, OSError) as error:
-                line = str(error) if isinstance(error, MediaError) else f"{path}: {error}"
-                _say(line, error=True)
-                failed.append(line)
+                message = str(error) if isinstance(error, MediaError) else f"{path}: {error}"
+                _say(message, error=True)
+                failed.append((path, message))
                 shutil.rmtree(os.path.join(args.output_dir, STAGING, name), ignore_errors=True)
             progress.video_done()
     finally:
@@ -546,7 +550,7 @@ class _Preview:
             handle.write(data.tobytes())
 
 
-def _summary(stats: list[dict], total: int, failures: list[str], args) -> None:
+def _summary(stats: list[dict], total: int, failures: list, args) -> None:
     done = [s for s in stats if not s.get("skipped")]
     frames = sum(s["frames"] for s in done)
     seconds = sum(s["seconds"] for s in done)
@@ -577,7 +581,7 @@ def run_demo(args) -> None:
     args.videos, args.output_dir = [os.path.join(source, "videos")], os.path.join(out, "prepared")
     failures = prepare(args)
     if failures:
-        raise UserError("the demo's videos failed: " + "; ".join(failures))
+        raise UserError("the demo's videos failed: " + "; ".join(message for _, message in failures))
     scores = synthetic_videos.score_prepared(source, args.output_dir)
     scores["seconds"] = round(time.perf_counter() - started, 1)
     print(synthetic_videos.describe_scores(scores), flush=True)

@@ -13,10 +13,10 @@ from datasets.media.video import MediaError, find_videos, first_frame_time, prob
 
 
 def write_test_video(path, images, times=None, fps=10, rotation=0, audio=None, audio_rate=16000, audio_layout="mono",
-                     video_codec="libx264", audio_codec="aac"):
+                     video_codec="libx264", audio_codec="aac", video_stream=True):
     """A video of upright RGB ``images`` shown at ``times`` (s; default k / fps), the pixels stored turned against a
     display ``rotation`` (degrees counter-clockwise); ``audio`` (float samples, (n,) or (channels, n)) at
-    ``audio_rate``."""
+    ``audio_rate``. No images and ``video_stream``: a 64 x 48 video stream without a frame."""
     import av
 
     millisecond = fractions.Fraction(1, 1000)
@@ -26,6 +26,10 @@ def write_test_video(path, images, times=None, fps=10, rotation=0, audio=None, a
     if audio is not None:
         audio_stream = container.add_stream(audio_codec, rate=audio_rate, layout=audio_layout)
     video = None
+    if not len(images) and video_stream:
+        video = container.add_stream(video_codec, rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()  # the header, without any frame
     for image, stamp in zip(images, times):
         stored = np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
         if video is None:

@@ -243,21 +243,27 @@ def test_bad_inputs_are_named_one_line_each_and_the_rest_is_prepared(synthetic_s
     (bad / "noise.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     whole = (synthetic_set / "videos" / "synth000.mp4").read_bytes()
     (bad / "truncated.mp4").write_bytes(whole[:len(whole) // 2])
-    write_test_video(bad / "sound_only.mka", [], audio=np.zeros(1600, np.float32), audio_codec="pcm_s16le")
+    write_test_video(bad / "sound_only.mka", [], audio=np.zeros(1600, np.float32), audio_codec="pcm_s16le",
+                     video_stream=False)
     write_test_video(bad / "no_frames.mkv", [])
     (tmp_path / "no_videos").mkdir()
     (tmp_path / "no_videos" / "readme.txt").write_text("nothing here")
     good = synthetic_set / "videos" / "synth003.mp4"
+    (tmp_path / "again").mkdir()
+    shutil.copy(good, tmp_path / "again" / "synth003.mp4")  # a second video of the same name
     inputs = [bad / "empty.mp4", bad / "noise.mp4", bad / "truncated.mp4", bad / "sound_only.mka",
-              bad / "no_frames.mkv", tmp_path / "no_videos", tmp_path / "missing.mp4", good]
-    code, stdout, stderr = run_prepare("--videos", *inputs, "--output-dir", tmp_path / "out")
+              bad / "no_frames.mkv", tmp_path / "no_videos", tmp_path / "missing.mp4", tmp_path / "again", good]
+    code, stdout, stderr = run_prepare("--videos", *inputs[:-2], good, inputs[-2], "--output-dir", tmp_path / "out")
     assert code == 2
     assert list(prepared.read_videos(str(tmp_path / "out"))) == ["synth003"]  # the good video, in full
     assert prepared.read_videos(str(tmp_path / "out"))["synth003"]["tracks"] == {"synth003": 16}
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    for path in inputs[:-1]:
-        assert sum(str(path) in line for line in lines[:-1]) == 1, (path, stderr)  # one line each
-    assert lines[-1].startswith("error: 7 input(s) failed")
+    for path, reason in zip(inputs[:-1], ["empty file", "not a readable video", "not a readable video",
+                                          "no video stream", "End of file", "without any video", "no such file",
+                                          "another video has the name synth003"]):
+        said = [line for line in lines[:-1] if str(path) in line]
+        assert len(said) == 1 and reason in said[0], (path, stderr)  # one line each, saying why
+    assert lines[-1].startswith("error: 8 input(s) failed") and str(inputs[0]) in lines[-1]
     assert "Traceback" not in stderr
 
 
@@ -284,3 +290,21 @@ def test_main_mtl_trains_on_the_prepared_crops(synthetic_set, prepared_set, tmp_
              "--max-steps", "2", "--dan", "none")
     metrics = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
     assert {"p_mtl", "ccc_v", "f1_expr", "f1_au"} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_bench_prepare_reports_both_pipelines_and_their_ratio(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "benchmarks", "bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["prepare", "--frames", "6", "--width", "160", "--height", "120", "--warmup", "0", "--threads", "1",
+                "--device", "cpu"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["pipeline"] for r in records[:2]] == ["decode + facenet-pytorch MTCNN defaults", "main_prepare"]
+    assert all(r["frames"] == 6 and r["img_per_s"] > 0 for r in records[:2])
+    final = records[-1]
+    assert final["final"] is True and final["speedup"] == pytest.approx(final["img_per_s"] / final[
+        "baseline_img_per_s"], abs=0.01)
+    assert final["faces"] >= 5 and final["baseline_faces"] >= 5

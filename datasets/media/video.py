@@ -62,8 +62,9 @@ def _open(path: str):
 
 
 def _reason(err) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text.replace("\n", " ")
+    """FFmpeg's own words for an error (its message without the errno and the file name PyAV adds)."""
+    text = getattr(err, "strerror", None) or str(err).strip() or type(err).__name__
+    return str(text).splitlines()[0]
 
 
 def _rotation(degrees) -> int:
