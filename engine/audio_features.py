@@ -62,7 +62,7 @@ class AudioSource:
 
             folder = resolve_folder(choice) if dist.is_main() else None
             sha = dist.broadcast_object(folder_sha256(folder) if dist.is_main() and os.path.isdir(folder) else None)
-            self.encoder = SpeechEncoder(choice, layer, sha256=sha)
+            self.encoder = SpeechEncoder.load(choice, layer, sha256=sha)
         self.choice, self.window_s = choice, float(window_s)
         # A speech encoder under bf16 autocast gives other values than in fp32; the log-mel runs in fp32 always.
         self.precision = precision_name if choice != "logmel" else "fp32"

@@ -65,19 +65,10 @@ class SpeechEncoder:
 
     name = "speech"
 
-    def __init__(self, source: str, layer: int | None = None, sha256: str | None = None,
+    def __init__(self, model, layer: int | None = None, source: str = "", sha256: str = "", preprocessor=None,
                  batch_size: int = 8, chunk_s: float = CHUNK_S, overlap_s: float = OVERLAP_S):
-        from transformers import AutoConfig, AutoModel
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # the loader's per-weight progress bar, for a small file
-        self.source, self.folder = source, resolve_folder(source)
-        try:
-            config = AutoConfig.from_pretrained(self.folder, local_files_only=True)
-            model = AutoModel.from_pretrained(self.folder, config=config, local_files_only=True)
-        except Exception as error:  # noqa: BLE001 - transformers raises many kinds for a bad folder
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"--audio {source}: not a readable speech encoder folder ({reason[:200]})") from None
+        """``model``: a loaded Wav2Vec2-like model (:meth:`load` reads one from a folder or the cache)."""
+        config = model.config
         if not all(hasattr(model, part) for part in ("feature_extractor", "encoder")) or \
                 not hasattr(config, "conv_stride"):
             raise UserError(f"--audio {source}: a {type(model).__name__}, not a speech encoder (Wav2Vec2, HuBERT, "
@@ -89,24 +80,40 @@ class SpeechEncoder:
         # Layers above the chosen one are not run; one more is kept so that hidden state k is the intermediate one
         # even in models whose last hidden state gets a final layer norm.
         model.encoder.layers = model.encoder.layers[:min(layers, self.layer + 1)]
-        self.model = model.eval()
+        self.model, self.source, self.sha256 = model.eval(), source, sha256
         self.dim = int(config.hidden_size)
         self.stride = int(np.prod(config.conv_stride))
         span = config.conv_kernel[0]
         for kernel, previous in zip(config.conv_kernel[1:], np.cumprod(config.conv_stride)[:-1]):
             span += (kernel - 1) * int(previous)
         self.span = int(span)
-        preprocessor = {}
-        path = os.path.join(self.folder, "preprocessor_config.json")
-        if os.path.isfile(path):
-            with open(path) as handle:
-                preprocessor = json.load(handle)
+        preprocessor = preprocessor or {}
         self.sample_rate = int(preprocessor.get("sampling_rate", SAMPLE_RATE))
         self.normalize = bool(preprocessor.get("do_normalize", True))
-        self.sha256 = sha256 or folder_sha256(self.folder)
         self.batch_size = batch_size
         self.chunk = max(self.span, int(chunk_s * self.sample_rate) // self.stride * self.stride)
         self.overlap = int(overlap_s * self.sample_rate) // self.stride * self.stride
+
+    @classmethod
+    def load(cls, source: str, layer: int | None = None, sha256: str | None = None, **settings) -> SpeechEncoder:
+        """The encoder of a ``save_pretrained`` folder or a cached hub id; an unreadable one is a one-line error."""
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # the loader's per-weight progress bar, for a small file
+        folder = resolve_folder(source)
+        try:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            model = AutoModel.from_pretrained(folder, config=config, local_files_only=True)
+        except Exception as error:  # noqa: BLE001 - transformers raises many kinds for a bad folder
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"--audio {source}: not a readable speech encoder folder ({reason[:200]})") from None
+        preprocessor = {}
+        path = os.path.join(folder, "preprocessor_config.json")
+        if os.path.isfile(path):
+            with open(path) as handle:
+                preprocessor = json.load(handle)
+        return cls(model, layer, source, sha256 or folder_sha256(folder), preprocessor, **settings)
 
     @property
     def hop_s(self) -> float:

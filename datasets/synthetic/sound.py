@@ -42,11 +42,11 @@ FORMANT_BANDWIDTHS = np.array([90.0, 110.0, 170.0])
 MAX_HARMONIC_HZ = 4000.0  # the harmonic source stops here; consonants and breath fill the band above
 
 # Speech timing (seconds) and how arousal (0 calm .. 1 excited, from [-1, 1]) moves it.
-SYLLABLES_PER_S = (2.6, 6.2)  # speaking rate at arousal 0 and 1
+SYLLABLES_PER_S = (2.2, 7.0)  # speaking rate at arousal 0 and 1
 SPURT_S = 1.8  # mean length of a talk spurt
 PAUSE_S = (0.9, 0.35)  # mean pause between spurts at arousal 0 and 1
-LISTEN_S = (1.5, 4.0)  # a stretch of listening (no speech) lasts this long
-LEVEL_DB = (-32.0, -20.0)  # a syllable's RMS level (dBFS) at arousal 0 and 1, before the microphone's gain
+LISTEN_S = (1.0, 3.0)  # a stretch of listening (no speech) lasts this long
+LEVEL_DB = (-38.0, -16.0)  # a syllable's RMS level (dBFS) at arousal 0 and 1, before the microphone's gain
 PITCH_SHIFT_ST = (-1.5, 3.5)  # mean pitch relative to the speaker's base (semitones) at arousal 0 and 1
 PITCH_RANGE_ST = (1.0, 7.0)  # spread of syllable pitch (semitones) at arousal 0 and 1
 TILT = (1.7, 0.9)  # harmonic amplitude falls as k ** -tilt: steeper (darker) at arousal 0
@@ -86,7 +86,7 @@ def render_sound(valence, arousal, expression, fps: float, rng: np.random.Genera
         "f0": rng.uniform(95.0, 235.0),  # base pitch (Hz): low male to high female voices
         "formants": rng.uniform(0.88, 1.16),  # vocal tract length
         "rate": rng.uniform(0.8, 1.2),
-        "talkative": rng.uniform(0.45, 0.9),  # share of turns in which the person speaks rather than listens
+        "talkative": rng.uniform(0.75, 1.0),  # share of turns in which the person speaks rather than listens
         "breathy": rng.uniform(0.03, 0.15),
     }
     gain = 10 ** (rng.uniform(-9.0, 6.0) / 20)  # microphone distance and input gain
@@ -114,7 +114,7 @@ def _syllables(duration: float, excitement, valence, frame_times, speaker: dict,
         phrase_start = t
         while t < min(spurt_end, duration):
             level = excitement(t)
-            rate = _lerp(SYLLABLES_PER_S, level) * speaker["rate"] * rng.uniform(0.8, 1.25)
+            rate = _lerp(SYLLABLES_PER_S, level) * speaker["rate"] * rng.uniform(0.9, 1.1)
             length = rng.uniform(0.55, 0.85) / rate
             # Pitch: a mean that rises with arousal, a spread that widens with it, and declination over the phrase.
             spread = _lerp(PITCH_RANGE_ST, level)
@@ -122,7 +122,7 @@ def _syllables(duration: float, excitement, valence, frame_times, speaker: dict,
             positive = max(float(np.interp(t, frame_times, valence)), 0.0)
             yield t, length, {
                 "pitch_st": pitch, "glide_st": rng.normal(0.0, 0.5 + spread / 3),
-                "level_db": _lerp(LEVEL_DB, level) + rng.normal(0.0, 2.5),
+                "level_db": _lerp(LEVEL_DB, level) + rng.normal(0.0, 1.5),
                 "tilt": _lerp(TILT, level) + rng.normal(0.0, 0.1),
                 # Smiling spreads the lips, which raises the formants a little ("smiled speech").
                 "vowel": VOWELS[rng.integers(len(VOWELS))] * (1.0 + 0.05 * positive * rng.uniform(0.5, 1.5)),

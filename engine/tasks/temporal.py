@@ -292,10 +292,11 @@ class TemporalTask(MTLTask):
     def train_split(self):
         annotations = self.train_annotations
         self.loss_fn  # noqa: B018 - built now, so that its message comes with the data's
+        sound = self.split_audio("train", annotations.images)  # first: a bad recording stops the run at once
         features = self.train_features
         windows = TrainWindows(features.array, annotations.images, annotations.targets, self.window, self.stride,
                                features.available, self.centre(features), audio_dropout=self.args.audio_dropout,
-                               **self.split_audio("train", annotations.images))
+                               **sound)
         self._windows["train"] = windows
         log(f"training windows: {len(windows)} of {self.window} frames (stride {self.stride}) over "
             f"{len(windows.runs)} videos")
