@@ -7,7 +7,8 @@ memory-mapped) with ``<split>.json`` (the content key, the columns of each part,
 in ``<feature-dir>/<backbone key>/``.
 
 The content key hashes the checkpoint file's bytes, the parts, the precision and the split's frame list: a cached
-split is reused only when all of them are unchanged, and extracted again otherwise. Extraction runs like evaluation
+split is reused only when all of them are unchanged, and extracted again otherwise; the frames an extraction could
+not read are read again on reuse, so a repaired image is extracted. Extraction runs like evaluation
 (``engine.evaluate``): every frame once, the same batches on any number of processes, so the files are identical.
 """
 
