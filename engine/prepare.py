@@ -30,7 +30,7 @@ from datasets.media import prepared
 from datasets.media.faces import DETECTORS, FacePipeline, Tracker, align, make_detector
 from datasets.media.video import MediaError, find_videos, first_frame_time, probe, read_audio, read_frames, video_name
 from utils import dist
-from utils.atomic import atomic_write, write_text_atomic
+from utils.atomic import atomic_write, move_atomic, write_text_atomic
 from utils.errors import UserError
 
 STAGING = ".staging"
@@ -480,7 +480,7 @@ def _gather_crops(staging: str, folder_of: dict) -> None:
         target = os.path.join(staging, "crops", folder)
         os.makedirs(target, exist_ok=True)
         for name in os.listdir(source):
-            os.replace(os.path.join(source, name), os.path.join(target, name))
+            os.rename(os.path.join(source, name), os.path.join(target, name))  # within the staging folder
     shutil.rmtree(tracks)
 
 
@@ -494,7 +494,7 @@ def _commit(root: str, name: str, plan: dict) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.isdir(source) and os.path.exists(target):
             shutil.rmtree(target)  # a crop folder left by an earlier, different preparation of this video
-        os.replace(source, target)
+        move_atomic(source, target)
     write_text_atomic(_record_path(root, name), json.dumps(plan["record"], sort_keys=True) + "\n")
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -40,6 +40,13 @@ def atomic_write(path, mode: str = "w", **open_kwargs):
     _sync_folder(folder)
 
 
+def move_atomic(source, target) -> None:
+    """Rename ``source`` (a finished file or folder) to ``target`` in one step, replacing a file there, and make the
+    rename durable; for work made aside (in a staging folder on the same file system) and moved into place."""
+    os.replace(source, target)
+    _sync_folder(os.path.dirname(os.path.abspath(target)))
+
+
 def write_text_atomic(path, text: str) -> None:
     with atomic_write(path) as handle:
         handle.write(text)

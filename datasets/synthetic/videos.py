@@ -16,7 +16,9 @@ hold two people side by side, some have a stretch where the person leaves the fr
 phone's rotation flag (stored turned, shown upright), some run at a variable frame rate. The sound comes from
 ``datasets.synthetic.sound.render_sound`` over the same valence, arousal and expression traces.
 
-A face counts as visible (to be found) when its box lies inside the frame. Same seed, same bytes.
+A face counts as visible (to be found) when its box lies inside the frame. Same seed, same pictures, sound, truth
+and annotations; the MP4 files themselves may differ in a few bytes from run to run (the H.264 encoder's choices
+vary; the decoded frames differ within its coding noise).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from datasets import mtl
 from datasets.synthetic import _MTL_HEADER, _au_text, _va_text, plan_video, split_sizes, video_labels
 from datasets.synthetic.render import AU_COLUMN, render_face
 from datasets.synthetic.sound import render_sound
-from utils.atomic import write_text_atomic
+from utils.atomic import atomic_write, write_text_atomic
 
 DEFAULTS = dict(videos=6, frames=60, width=640, height=360, fps=25.0, seed=0)
 DEMO = dict(videos=6, frames=40, width=320, height=180, fps=25.0, seed=0)  # main_prepare.py --demo
@@ -172,40 +174,44 @@ def write_video(path: str, frames, times, rotation: int = 0, sound=None, fps: fl
     the other way, so that a player (and ``datasets.media.video``) shows them upright."""
     import av
 
-    temporary = path + ".part"
-    container = av.open(temporary, "w", format="mp4")
+    with atomic_write(path, "wb") as handle:  # a killed generator leaves no half-written video
+        container = av.open(handle, "w", format="mp4")
+        try:
+            _encode(container, frames, times, rotation, sound, fps)
+        finally:
+            container.close()
+
+
+def _encode(container, frames, times, rotation: int, sound, fps: float) -> None:
+    import av
+
     video = None
     millisecond = fractions.Fraction(1, 1000)
-    try:
-        audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if sound is not None else None
-        for image, stamp in zip(frames, times):
-            stored = np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
-            if video is None:
-                video = container.add_stream("libx264", rate=int(round(fps)), options={"preset": "veryfast",
-                                                                                        "crf": "18"})
-                video.width, video.height, video.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
-                video.codec_context.time_base = millisecond
-                if rotation:
-                    video.set_display_rotation(rotation)
-            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
-            frame.pts, frame.time_base = int(round(stamp * 1000)), millisecond
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode():
+    audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if sound is not None else None
+    for image, stamp in zip(frames, times):
+        stored = np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
+        if video is None:
+            video = container.add_stream("libx264", rate=int(round(fps)), options={"preset": "veryfast", "crf": "18"})
+            video.width, video.height, video.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
+            video.codec_context.time_base = millisecond
+            if rotation:
+                video.set_display_rotation(rotation)
+        frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+        frame.pts, frame.time_base = int(round(stamp * 1000)), millisecond
+        for packet in video.encode(frame):
             container.mux(packet)
-        if audio is not None:
-            step = 1024
-            for start in range(0, len(sound), step):
-                chunk = av.AudioFrame.from_ndarray(np.asarray(sound[None, start:start + step], np.float32),
-                                                   format="flt", layout="mono")
-                chunk.sample_rate, chunk.pts, chunk.time_base = SAMPLE_RATE, start, fractions.Fraction(1, SAMPLE_RATE)
-                for packet in audio.encode(chunk):
-                    container.mux(packet)
-            for packet in audio.encode():
+    for packet in video.encode():
+        container.mux(packet)
+    if audio is not None:
+        step = 1024
+        for start in range(0, len(sound), step):
+            chunk = av.AudioFrame.from_ndarray(np.asarray(sound[None, start:start + step], np.float32), format="flt",
+                                               layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = SAMPLE_RATE, start, fractions.Fraction(1, SAMPLE_RATE)
+            for packet in audio.encode(chunk):
                 container.mux(packet)
-    finally:
-        container.close()
-    os.replace(temporary, path)
+        for packet in audio.encode():
+            container.mux(packet)
 
 
 def _frames_with_truth(recording: dict, names: list, truth_lines: list, visible_frames: list):
