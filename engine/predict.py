@@ -41,6 +41,7 @@ import torch
 
 from datasets.media.faces import FacePipeline, Tracker, align, make_detector
 from datasets.media.video import probe, read_frames
+from engine.predict_temporal import SequencePredictor, is_sequence_model, no_images, precision_flag
 from utils import abaw
 from utils.errors import UserError
 
@@ -86,29 +87,31 @@ def resolve_checkpoint(reference: str) -> str:
 
 
 def _stage_of(path: str, shown: str):
-    """The task class whose checkpoints predict the MTL outputs and whose model the file holds."""
+    """The task class whose model the file holds, among those whose outputs decode into valence, arousal, the
+    expression and the AUs, and the file's model config."""
     from engine.tasks import TASKS
     from utils.checkpoint import load_checkpoint
 
     content = load_checkpoint(path, mmap=True)
     config = content.get("model_config")
-    able = [stage for stage in TASKS.values() if stage.output_width == abaw.OUTPUT_WIDTH]
+    able = [stage for stage in TASKS.values() if hasattr(stage, "decode")]  # outputs -> VA, expression, AUs
     names = " or ".join(f"{stage.model_name} ({stage.prog})" for stage in able)
     if config is None:
         raise UserError(f"{shown} is not a model checkpoint of this project (it has no model_config); predict.py "
                         f"takes {names} checkpoints")
     for stage in able:
         if stage.model_name == config["name"]:
-            return stage
+            return stage, config
     raise UserError(f"{shown} holds a {config['name']} model; predict.py takes {names} checkpoints")
 
 
-def _eval_args(stage):
-    """The flags a task reads when it loads a checkpoint for evaluation: its parser's defaults, nothing typed."""
+def _eval_args(stage, **settings):
+    """The flags a task reads when it loads a checkpoint for evaluation: its parser's defaults and ``settings``,
+    nothing typed."""
     from engine.cli import build_parser
 
     parser = build_parser(stage, "")
-    parser.set_defaults(track=stage.name, typed=[])
+    parser.set_defaults(track=stage.name, typed=[], **settings)
     return parser.parse_args([])
 
 
@@ -163,14 +166,19 @@ class Predictor:
                                                                        faces.crop_size)
         self.progress = progress
         self.paths = [resolve_checkpoint(reference) for reference in references]
-        stages = [_stage_of(path, str(reference)) for path, reference in zip(self.paths, references)]
-        stage = stages[0]
+        found = [_stage_of(path, str(reference)) for path, reference in zip(self.paths, references)]
+        stages = [stage for stage, _ in found]
+        stage, config = found[0]
         if any(other is not stage for other in stages[1:]):
             raise UserError("an ensemble's checkpoints must all be of one kind: "
                             + ", ".join(f"{ref} ({s.model_name})" for ref, s in zip(references, stages)))
         if len(self.paths) > 1 and not stage.ensembles:
             raise UserError(f"{stage.prog} checkpoints predict one at a time; give one --ckpt")
-        self.task = stage(_eval_args(stage))
+        settings = {}
+        if is_sequence_model(config):  # its backbone runs where, and at the precision, its features were made
+            settings = dict(device="cuda" if self.device.type == "cuda" else "cpu",
+                            precision=precision_flag(config["features"].get("precision")))
+        self.task = stage(_eval_args(stage, **settings))
         self.models, self.transforms = [], []
         first_extras = {}
         for index, path in enumerate(self.paths):
@@ -183,6 +191,9 @@ class Predictor:
             self.transforms.append(self.task.input_transform(model.config.get("img_size")))
         if len(self.paths) > 1:
             self.task.use_ensemble_settings(self.paths[0], first_extras)
+        self.sequence = None  # a temporal checkpoint: features per face, then the sequence model per track
+        if is_sequence_model(config):
+            self.sequence = SequencePredictor(self.task, self.models[0], self.device, self.autocast, batch_size)
         self._detector = None
 
     @property
@@ -203,6 +214,8 @@ class Predictor:
         from engine.report import average
         from engine.task import to_device
 
+        if self.sequence is not None:
+            raise no_images(self.task.prog)
         crops = np.asarray(crops) if not isinstance(crops, np.ndarray) else crops
         if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
             raise UserError(f"faces: expected uint8 RGB crops of shape (N, H, W, 3), got {crops.dtype} "
@@ -250,6 +263,8 @@ class Predictor:
         why."""
         from datasets.images import ImageDecodeError, decode_image
 
+        if self.sequence is not None:
+            raise no_images(self.task.prog)
         rows, crops = [], []
         for path in paths:
             path = os.fspath(path)
@@ -297,12 +312,12 @@ class Predictor:
                     faces["box"].append(face.box)
                     pending.append(align(frame.image, face.landmarks, self.crop_size))
                     if len(pending) == self.batch_size:
-                        outputs.append(self.outputs(np.stack(pending)))
+                        outputs.append(self._per_face(np.stack(pending)))
                         pending = []
                 if bar is not None:
                     bar.update()
             if pending:
-                outputs.append(self.outputs(np.stack(pending)))
+                outputs.append(self._per_face(np.stack(pending)))
         finally:
             if bar is not None:
                 bar.close()
@@ -310,19 +325,28 @@ class Predictor:
         number = {ident: k + 1 for k, ident in enumerate(order)}
         track = np.array([number.get(person.get(t, -1), 0) for t in faces["provisional"]], np.int64)
         kept = track > 0
-        outputs = np.concatenate(outputs) if outputs else np.zeros((0, self.task.output_width), np.float32)
         times = dict(zip(frame_numbers, frame_times))
         face_frames = np.asarray(faces["frame"], np.int64)[kept]
+        values = np.concatenate(outputs)[kept] if outputs else np.zeros((0, 0), np.float32)
+        if self.sequence is not None:  # the faces' features -> each track's sequence -> per-face outputs
+            outputs = self.sequence.outputs(path, values, track[kept], face_frames, times)
+        else:
+            outputs = values.reshape(len(values), -1) if len(values) else np.zeros((0, abaw.OUTPUT_WIDTH), np.float32)
         boxes = np.asarray(faces["box"], np.float64).reshape(-1, 4)[kept]
         with_faces = pd.DataFrame({"frame": face_frames, "time": [times[f] for f in face_frames],
                                    "track": track[kept], "score": np.asarray(faces["score"], np.float64)[kept],
                                    **{name: boxes[:, k] for k, name in enumerate(BOX_COLUMNS)},
-                                   **self.decode(outputs[kept])})
+                                   **self.decode(outputs)})
         empty = sorted(set(frame_numbers) - set(face_frames.tolist()))
         without = pd.DataFrame({"frame": np.asarray(empty, np.int64), "time": [times[f] for f in empty]})
         table = pd.concat([with_faces, without], ignore_index=True) if len(without) else with_faces
         table = table.sort_values(["frame", "track"], kind="stable", na_position="first").reset_index(drop=True)
         return _typed(table, VIDEO_COLUMNS)
+
+    def _per_face(self, crops: np.ndarray) -> np.ndarray:
+        """What a video keeps of each aligned face: the output row, or for a temporal checkpoint the features its
+        sequence model reads."""
+        return self.sequence.features(crops) if self.sequence is not None else self.outputs(crops)
 
     def _with_predictions(self, rows: list[dict], crops: list, columns: list[str]) -> pd.DataFrame:
         table = pd.DataFrame(rows, columns=[*dict.fromkeys([*columns, "crop"])])

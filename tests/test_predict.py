@@ -220,7 +220,7 @@ def prepared_eval(media, checkpoints, tmp_path_factory):
             mtl_main("mtl", "", ["--eval", "--ckpt", *ckpts, "--data-dir", str(data), "--output-dir",
                                  str(root / f"eval_{key}"), *EVAL])
         results[key] = read_submission(root / f"eval_{key}" / "val_predictions.txt")
-    return {"crops": data / mtl.IMAGE_DIR, "eval": results}
+    return {"crops": data / mtl.IMAGE_DIR, "eval": results, "data": data, "prepared": root / "prepared"}
 
 
 def read_submission(path) -> pd.DataFrame:
@@ -350,3 +350,92 @@ def test_a_checkpoint_that_is_not_a_model_of_this_project_is_one_line(capsys, tm
                                "--device", "cpu", "--no-progress")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "people.csv").exists()
+
+
+# ---- a temporal checkpoint with sound
+
+
+@pytest.fixture(scope="module")
+def temporal_checkpoint(mtl_data, tmp_path_factory):
+    """A tiny temporal model over a random EMMA backbone's features and the log-mel sound (main_temporal.py)."""
+    from test_temporal import FAST, make_backbone
+
+    from engine.entry import main
+
+    root = tmp_path_factory.mktemp("predict_temporal")
+    backbone = make_backbone(root / "emma.pth")
+    with contextlib.redirect_stdout(io.StringIO()):
+        main("temporal", "", ["--data-dir", str(mtl_data), "--backbone-ckpt", str(backbone), *FAST, "--audio",
+                              "logmel", "--epochs", "1", "--output-dir", str(root / "run")])
+    return str(root / "run" / "checkpoints" / "best_mtl.pth")
+
+
+@pytest.mark.slow
+def test_a_temporal_checkpoint_hears_the_video_and_masks_the_sound_of_a_silent_one(temporal_checkpoint, media,
+                                                                                     tmp_path, capsys):
+    from datasets.synthetic.videos import write_video
+
+    silent = str(tmp_path / "people.mp4")
+    write_video(silent, people_frames(), np.arange(FRAMES) / 10, fps=10)
+    predictor = Predictor(temporal_checkpoint, **SETTINGS)
+    capsys.readouterr()
+    heard = predictor.video(media["video"])
+    assert "has no sound" not in capsys.readouterr().err
+    masked = predictor.video(silent)
+    assert "has no sound" in capsys.readouterr().err
+    for table in (heard, masked):
+        assert sorted(table["frame"].unique()) == list(range(1, FRAMES + 1))
+        faces = table.dropna(subset=["track"])
+        assert len(faces) == 2 * (FRAMES - 1) and not faces[["valence", *EXPR_COLUMNS, *AU_COLUMNS]].isna().any(
+            axis=None)
+        assert np.allclose(faces[EXPR_COLUMNS].sum(axis=1), 1, atol=1e-5)
+    assert heard[["track", "frame"]].equals(masked[["track", "frame"]])  # the same faces: only the sound differs
+    assert not np.allclose(heard[["valence", "arousal"]].to_numpy(float), masked[["valence", "arousal"]].to_numpy(
+        float), equal_nan=True)
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="temporal checkpoint"):
+        predictor.faces(np.zeros((1, 112, 112, 3), np.uint8))
+
+
+# A random backbone's features move by up to 0.6% of their scale with the JPEG round trip of the crops, and the
+# temporal model trained for an epoch on them moves VA by up to about 0.03 with them (measured).
+TEMPORAL_JPEG_TOLERANCE = 0.08
+
+
+@pytest.mark.slow
+def test_a_temporal_checkpoint_predicts_what_prepare_then_temporal_eval_predicts(temporal_checkpoint, prepared_eval,
+                                                                                media, tmp_path):
+    """main_temporal.py --eval over main_prepare.py's crops, frame times and WAV against predict.py on the video
+    itself: the same faces in the same sequences; on eval's own frame features, the same predictions (the windows,
+    the sound and the model are the same); on its own crops, equal up to the JPEG round trip."""
+    import glob
+
+    from engine.entry import main
+
+    data = prepared_eval["data"]
+    for name in (prepared.AUDIO, prepared.TIMES, prepared.VIDEOS_JSON):
+        if not (data / name).exists():
+            os.symlink(prepared_eval["prepared"] / name, data / name)
+    with contextlib.redirect_stdout(io.StringIO()):
+        main("temporal", "", ["--eval", "--ckpt", temporal_checkpoint, "--data-dir", str(data), "--output-dir",
+                              str(tmp_path / "eval"), *EVAL])
+    reference = eval_rows(read_submission(tmp_path / "eval" / "val_predictions.txt"))
+    predictor = Predictor(temporal_checkpoint, **SETTINGS)
+    table = predictor.video(media["video"])
+    ours = table.dropna(subset=["track"]).astype({"track": int}).set_index(["track", "frame"])
+    assert sorted(reference.index) == sorted(ours.index)
+    gap = np.abs(ours.loc[reference.index, ["valence", "arousal"]].to_numpy() - reference[["valence", "arousal"]])
+    assert gap.to_numpy().max() < TEMPORAL_JPEG_TOLERANCE
+
+    (features_file,) = [path for path in glob.glob(str(tmp_path / "eval" / "features" / "*" / "val.npy"))
+                        if "audio-" not in path]
+    times = dict(zip(table["frame"], table["time"]))
+    tracks, frames = (reference.index.get_level_values(level).to_numpy() for level in (0, 1))
+    same_features = predictor.decode(predictor.sequence.outputs(media["video"], np.load(features_file), tracks,
+                                                                frames, times))
+    assert np.allclose(same_features["valence"], reference["valence"], atol=2e-6)
+    assert np.allclose(same_features["arousal"], reference["arousal"], atol=2e-6)
+    assert (same_features["expression"] == np.asarray(abaw.EXPR_NAMES)[reference["expression"]]).all()
+    for name in AU_ACTIVE_COLUMNS:
+        assert (same_features[name] == reference[name].to_numpy()).all()
