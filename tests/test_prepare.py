@@ -308,3 +308,14 @@ def test_bench_prepare_reports_both_pipelines_and_their_ratio(capsys):
     assert final["final"] is True and final["speedup"] == pytest.approx(final["img_per_s"] / final[
         "baseline_img_per_s"], abs=0.01)
     assert final["faces"] >= 5 and final["baseline_faces"] >= 5
+
+
+def test_searching_every_4th_frame_in_full_finds_the_faces_of_a_full_search_of_every_frame(synthetic_set,
+                                                                                            prepared_set, tmp_path):
+    code, _, stderr = run_prepare("--videos", synthetic_set / "videos", "--output-dir", tmp_path, "--detect-every", "1")
+    assert code in (0, None), stderr
+    for name in prepared.read_videos(str(tmp_path)):
+        every, default = prepared.read_faces(str(tmp_path), name), prepared.read_faces(str(prepared_set[0]), name)
+        found = [set(zip(table["frame"][table["track"] != ""], table["track"][table["track"] != ""]))
+                 for table in (every, default)]
+        assert found[0] == found[1], name
