@@ -1,7 +1,8 @@
 """The affect of every face in your own videos and images: valence, arousal, expression and 12 AUs per frame and
 tracked person, with a timeline figure per video and, on request, an annotated copy of the video.
 
-A video, an image or a folder (videos and images found at any depth), with a checkpoint of main_mtl.py:
+A video, an image or a folder (videos and images found at any depth), with a checkpoint of main_mtl.py (or one of
+main_temporal.py, for videos):
 
     python predict.py interview.mp4 --ckpt runs/emma/checkpoints/best_mtl.pth --output-dir predictions
 

@@ -16,10 +16,11 @@ on the device, and only the rows of predictions are kept. When the video ends, t
 person and drops short ones (spurious detections) exactly as ``main_prepare.py`` does, and the kept tracks are
 numbered 1, 2, ... (left to right for two people, else by first appearance).
 
-Checkpoints: EMMA checkpoints of ``main_mtl.py`` (the MTL track or the per-video tracks), as a local path or a
-Hugging Face hub reference ``hf-hub:owner/repo/path/file.pth`` (fetched by ``huggingface_hub``, read from its cache
-when offline: ``HF_HUB_OFFLINE=1``); loading is ``weights_only``. The model, its input size and its AU thresholds
-come from the checkpoint. Several checkpoints are an ensemble, averaged as ``main_mtl.py --eval --ckpt A B`` does
+Checkpoints: EMMA checkpoints of ``main_mtl.py`` (the MTL track or the per-video tracks) and temporal ones of
+``main_temporal.py`` (``engine.predict_temporal``: videos only), as a local path or a Hugging Face hub reference
+``hf-hub:owner/repo/path/file.pth`` (fetched by ``huggingface_hub``, read from its cache when offline:
+``HF_HUB_OFFLINE=1``); loading is ``weights_only``. The model, its input size and its AU thresholds come from the
+checkpoint. Several EMMA checkpoints are an ensemble, averaged as ``main_mtl.py --eval --ckpt A B`` does
 (``engine.report.average``: the task's ensemble space, probabilities and clipped VA), with the first member's AU
 thresholds.
 

@@ -30,9 +30,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="video files, image files, or folders searched at any depth for both")
     parser.add_argument("--ckpt", nargs="+", required=True, metavar="CKPT",
-                        help="checkpoint(s) of main_mtl.py: a file, or hf-hub:owner/repo/file.pth (the Hugging Face "
-                             "cache; HF_HUB_OFFLINE=1 never goes online); several: an ensemble, averaged as "
-                             "main_mtl.py --eval --ckpt A B")
+                        help="checkpoint(s) of main_mtl.py, or one of main_temporal.py (videos only): a file, or "
+                             "hf-hub:owner/repo/file.pth (the Hugging Face cache; HF_HUB_OFFLINE=1 never goes "
+                             "online); several: an ensemble, averaged as main_mtl.py --eval --ckpt A B")
     parser.add_argument("--output-dir", required=True, metavar="OUT", help="where the files are written")
     parser.add_argument("--annotate", action="store_true",
                         help="also write OUT/<video>_annotated.mp4: boxes, tracks, expression and a VA gauge on every "
@@ -105,6 +105,7 @@ def run(args) -> list[str]:
     from tqdm import tqdm
 
     from engine.predict import Predictor
+    from engine.predict_temporal import no_images
     from utils.lock import OutputDirLock
 
     videos, images, failures = collect(args.inputs)
@@ -132,7 +133,11 @@ def run(args) -> list[str]:
             done.append(f"{name}: {frames} frames, {tracks} track(s), {frames / max(seconds, 1e-9):.1f} frames/s "
                         f"-> {', '.join(written)}")
             tqdm.write(done[-1])
-        if images:
+        if images and predictor.sequence is not None:  # a temporal model reads sequences of frames, not photos
+            line = f"{len(images)} image(s) skipped: {no_images(predictor.task.prog)}"
+            tqdm.write(f"error: {line}", file=sys.stderr)
+            failures.append(line)
+        elif images:
             table = predictor.images(images, skip_unreadable=True)
             unreadable = table[table["note"].fillna("").str.startswith("unreadable")]
             for note in unreadable["note"]:
