@@ -319,3 +319,32 @@ def test_searching_every_4th_frame_in_full_finds_the_faces_of_a_full_search_of_e
         found = [set(zip(table["frame"][table["track"] != ""], table["track"][table["track"] != ""]))
                  for table in (every, default)]
         assert found[0] == found[1], name
+
+
+def test_a_run_stopped_while_moving_a_finished_video_into_place_is_completed_by_the_next(synthetic_set, prepared_set,
+                                                                                        tmp_path, monkeypatch):
+    import engine.prepare
+
+    video = synthetic_set / "videos" / "synth001.mp4"  # two people: times, sound, faces, two crop folders, preview
+    moved = []
+    real_move = engine.prepare.move_atomic
+
+    def move_twice_then_die(source, target):
+        if len(moved) == 2:
+            raise KeyboardInterrupt  # stands for the kill: nothing after this point runs
+        moved.append(target)
+        real_move(source, target)
+
+    monkeypatch.setattr(engine.prepare, "move_atomic", move_twice_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare("--videos", video, "--output-dir", tmp_path, "--preview")
+    assert len(moved) == 2 and not (tmp_path / ".prepared" / "synth001.json").exists()
+    monkeypatch.setattr(engine.prepare, "move_atomic", real_move)
+    code, stdout, stderr = run_prepare("--videos", video, "--output-dir", tmp_path, "--preview")
+    assert code in (0, None), stderr
+    assert "(1 already done" in stdout  # finished from its move plan, not prepared again
+    expected = {name: data for name, data in tree(prepared_set[0], OUTPUTS + ("preview",)).items()
+                if "synth001" in name}
+    got = tree(tmp_path, OUTPUTS + ("preview",))
+    assert {name: data for name, data in got.items() if name != "videos.json"} == expected
+    assert prepared.read_videos(str(tmp_path))["synth001"] == prepared.read_videos(str(prepared_set[0]))["synth001"]
