@@ -489,8 +489,12 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_status_130(where, chec
     else:
         monkeypatch.setattr("engine.features._extract_split", interrupt)
         flags = ["main_temporal.py", "--backbone-ckpt", checkpoints["emma"]]
-    result = run_main(capsys, *flags, "--data-dir", mtl_data, "--output-dir", tmp_path, "--device", "cpu",
-                      "--num-workers", "0", check=False)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the test runner set
+    try:
+        result = run_main(capsys, *flags, "--data-dir", mtl_data, "--output-dir", tmp_path, "--device", "cpu",
+                          "--num-workers", "0", check=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.returncode == 130 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: interrupted (SIGINT)")
 
