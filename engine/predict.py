@@ -266,7 +266,7 @@ class Predictor:
 
         if self.sequence is not None:
             raise no_images(self.task.prog)
-        rows, crops = [], []
+        rows, pending, outputs, count = [], [], [], 0
         for path in paths:
             path = os.fspath(path)
             try:
@@ -282,9 +282,15 @@ class Predictor:
                 rows.append({"image": path, "note": NO_FACE})
             for number, face in enumerate(found, 1):
                 rows.append({"image": path, "face": number, "score": face.score,
-                             **dict(zip(BOX_COLUMNS, face.box)), "crop": len(crops)})
-                crops.append(align(image, face.landmarks, self.crop_size))
-        return self._with_predictions(rows, crops, IMAGE_COLUMNS)
+                             **dict(zip(BOX_COLUMNS, face.box)), "crop": count})
+                pending.append(align(image, face.landmarks, self.crop_size))
+                count += 1
+                if len(pending) == self.batch_size:  # predicted as they come: no image is kept
+                    outputs.append(self.outputs(np.stack(pending)))
+                    pending = []
+        if pending:
+            outputs.append(self.outputs(np.stack(pending)))
+        return self._with_predictions(rows, outputs, IMAGE_COLUMNS)
 
     def video(self, path: str) -> pd.DataFrame:
         """One row per decoded frame and kept face, in frame order and then by track (module text). Streams: the
@@ -349,10 +355,11 @@ class Predictor:
         sequence model reads."""
         return self.sequence.features(crops) if self.sequence is not None else self.outputs(crops)
 
-    def _with_predictions(self, rows: list[dict], crops: list, columns: list[str]) -> pd.DataFrame:
+    def _with_predictions(self, rows: list[dict], outputs: list, columns: list[str]) -> pd.DataFrame:
+        """The table of ``rows`` (those with a face carry ``crop``, their row of the concatenated ``outputs``)."""
         table = pd.DataFrame(rows, columns=[*dict.fromkeys([*columns, "crop"])])
-        if crops:
-            predictions = pd.DataFrame(self.decode(self.outputs(np.stack(crops))))
+        if outputs:
+            predictions = pd.DataFrame(self.decode(np.concatenate(outputs)))
             has_face = table["crop"].notna()
             for name in PREDICTION_COLUMNS:
                 values = predictions[name].to_numpy()[table.loc[has_face, "crop"].astype(np.int64)]
