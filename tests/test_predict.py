@@ -18,7 +18,7 @@ from conftest import TINY
 
 from datasets import mtl
 from datasets.media import prepared
-from engine.predict import AU_ACTIVE_COLUMNS, AU_COLUMNS, EXPR_COLUMNS, NO_FACE, VIDEO_COLUMNS, Predictor
+from engine.predict import AU_ACTIVE_COLUMNS, AU_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, NO_FACE, VIDEO_COLUMNS, Predictor
 from utils import abaw
 
 FRAMES, BLANK = 10, 5  # frame 5 (1-based) shows nobody
@@ -299,6 +299,17 @@ def test_an_ensemble_averages_probabilities_and_clipped_va_with_the_first_member
     assert np.allclose(ours[AU_COLUMNS].to_numpy(), aus, atol=1e-5)
     assert (ours[AU_ACTIVE_COLUMNS].to_numpy() == (aus >= 0.5)).all()  # the first member's thresholds, not 0.45
     assert list(ours["expression"]) == [abaw.EXPR_NAMES[k] for k in expr.argmax(1)]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_faces_tracks_and_predictions_are_the_cpus(media, checkpoints, table):
+    gpu = Predictor(checkpoints["a"], device="cuda", precision="fp32").video(media["video"])
+    assert gpu[["frame", "track"]].astype(float).equals(table[["frame", "track"]].astype(float))
+    faces = gpu["track"].notna().to_numpy()
+    assert np.allclose(gpu.loc[faces, BOX_COLUMNS].to_numpy(float), table.loc[faces, BOX_COLUMNS].to_numpy(float),
+                       atol=0.5)  # MTCNN's kernels on the GPU round apart from the CPU's
+    assert np.allclose(gpu.loc[faces, ["valence", "arousal"]].to_numpy(float),
+                       table.loc[faces, ["valence", "arousal"]].to_numpy(float), atol=JPEG_TOLERANCE)
 
 
 def fake_hub_cache(root, repo: str, filename: str, source: str) -> str:
