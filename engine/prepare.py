@@ -105,20 +105,26 @@ def main(description: str, argv=None) -> None:
             return
         failures = prepare(args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        if _first_process():
+            print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     if failures:
-        if dist.is_main():
+        if _first_process():
             print(f"error: {len(failures)} input(s) failed (each named above): "
                   + ", ".join(path for path, _ in failures), file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _first_process() -> bool:
+    """Rank 0 of a torchrun launch, or a single process (asked after the process group has ended)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The run
 
 
-def prepare(args) -> list[str]:
+def prepare(args) -> list[tuple[str, str]]:
     """Prepare ``args.videos`` into ``args.output_dir``; returns ``(path, message)`` of each failed input (empty
     when all went well)."""
     from utils.lock import OutputDirLock
@@ -134,6 +140,7 @@ def prepare(args) -> list[str]:
                 os.makedirs(os.path.join(args.output_dir, RECORDS), exist_ok=True)
             except (UserError, OSError) as error:
                 refused = str(error) if isinstance(error, UserError) else f"cannot write to {args.output_dir}: {error}"
+                lock.release()
         refused = dist.broadcast_object(refused)  # every rank stops when rank 0 cannot hold the folder
         if refused:
             raise UserError(refused)
