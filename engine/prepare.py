@@ -305,7 +305,7 @@ class _JpegWriter:
 
     def __init__(self, quality: int, crop_size: int):
         self.quality, self.crop_size = quality, crop_size
-        self.jobs: queue.Queue = queue.Queue(maxsize=64)
+        self.jobs: queue.Queue = queue.Queue(maxsize=32)
         self.error = None
         self.thread = threading.Thread(target=self._work, daemon=True)
         self.thread.start()
