@@ -161,8 +161,7 @@ class Predictor:
         faces = prepare.build_parser("").parse_args(argv)
         prepare.check_args(faces)
         self.batch_size, self.detect_batch = batch_size, faces.batch_size
-        rule = getattr(prepare, "detect_every", None)  # main_prepare.py's default of --detect-every
-        self.detect_every = rule(faces) if rule is not None else getattr(faces, "detect_every", None) or 1
+        self.detect_every = prepare.detect_every(faces)  # --detect-every, or main_prepare.py's default rule
         self.min_face, self.min_track, self.max_gap, self.crop_size = (faces.min_face, faces.min_track, faces.max_gap,
                                                                        faces.crop_size)
         self.progress = progress
@@ -301,9 +300,8 @@ class Predictor:
         # main_prepare.py's tracking: a person back in the frame within 3 s stays one track
         tracker = Tracker(max_gap=self.max_gap, min_length=self.min_track,
                           join_gap=max(1, int(round(3 * (info.fps or 25)))))
-        # detect_every > 1: the full search on every k-th frame, only around its faces in between (as main_prepare.py)
-        every = {"detect_every": self.detect_every} if self.detect_every > 1 else {}
-        pipeline = FacePipeline(self.detector, self.detect_batch, tracker, **every)
+        # the full search on every detect_every-th frame, only around its faces in between (as main_prepare.py)
+        pipeline = FacePipeline(self.detector, self.detect_batch, tracker, self.detect_every)
         frame_numbers, frame_times = [], []
         faces = {"frame": [], "provisional": [], "score": [], "box": []}
         pending, outputs = [], []
