@@ -279,6 +279,8 @@ def _prepare_share(videos, args, detector) -> tuple[list[dict], list[tuple[str, 
         for name, path in videos:
             record = _read_record(args.output_dir, name)
             if record is not None and (args.audio_only or record.get("faces")):
+                # a run killed between writing the record and cleaning up left its staging folder
+                shutil.rmtree(os.path.join(args.output_dir, STAGING, name), ignore_errors=True)
                 stats.append(dict(record["stats"], skipped=True))
                 progress.frames(record["video"]["frames"])
                 progress.video_done()
