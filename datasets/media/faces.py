@@ -447,20 +447,26 @@ class FacePipeline:
             chunk = keys[start:start + self.batch_size]
             found.update(zip(chunk, self.detector.detect([buffer[k].image for k in chunk])))
         between = [k for k in range(len(buffer)) if k not in found]
-        seeded = []
+        seeded, expected = [], {}
         for k in between:
             before = max((key for key in keys if key < k), default=None)
             after = min((key for key in keys if key > k), default=None)
-            seeds = (found[before] if before is not None else self._previous_key or []) + (
-                found[after] if after is not None else [])
-            if seeds:
-                seeded.append((k, np.stack([face.box for face in seeds])))
+            faces_before = found[before] if before is not None else self._previous_key or []
+            faces_after = found[after] if after is not None else []
+            if faces_before or faces_after:
+                seeded.append((k, np.stack([face.box for face in faces_before + faces_after])))
+                expected[k] = max(len(faces_before), len(faces_after))
             else:
                 found[k] = []
         for start in range(0, len(seeded), self.batch_size):
             chunk = seeded[start:start + self.batch_size]
             faces = self.detector.refine([buffer[k].image for k, _ in chunk], [boxes for _, boxes in chunk])
             found.update(zip([k for k, _ in chunk], faces))
+        # where the search around the neighbours' faces found fewer faces than a neighbour has, search in full
+        missing = [k for k, count in expected.items() if len(found[k]) < count]
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            found.update(zip(chunk, self.detector.detect([buffer[k].image for k in chunk])))
         self._previous_key = found[keys[-1]] if keys else self._previous_key
         for k, frame in enumerate(buffer):
             yield frame, self.tracker.update(frame.index, found[k])
