@@ -19,8 +19,9 @@ skips them (their targets carry the missing codes).
 Sound: with ``audio`` (per-frame audio features, rows of the same list) a window also carries its audio features and
 an audio mask (False on padding, on frames without sound, and for a whole training window whose audio was dropped:
 ``audio_dropout``, drawn per window and epoch like the offset, so that the model learns to predict videos without
-sound). ``audio_centre`` subtracts each video's mean audio feature over its frames with sound (the recording's
-level and channel, which a microphone sets, drop out).
+sound); with ``frame_dropout`` the frame features of a share of the other training windows are zeroed, so that the
+model also learns what the sound alone tells. ``audio_centre`` subtracts each video's mean audio feature over its
+frames with sound (the recording's level and channel, which a microphone sets, drop out).
 """
 
 from __future__ import annotations
@@ -99,9 +100,10 @@ class _Windows:
                     if len(heard):
                         self.audio_means[video] = np.asarray(audio[heard], np.float64).mean(axis=0)
 
-    def gather(self, rows: np.ndarray, drop_audio: bool = False):
+    def gather(self, rows: np.ndarray, drop_audio: bool = False, drop_frames: bool = False):
         """(features (T, D), gaps (T,), valid (T,)) of a window's rows, -1 marking padding; with sound also
-        (audio (T, A), audio_valid (T,)), the audio of every frame masked when ``drop_audio``."""
+        (audio (T, A), audio_valid (T,)), the audio of every frame masked when ``drop_audio``, the frame features
+        zeroed (the frames stay valid) when ``drop_frames``."""
         valid = rows >= 0
         safe = np.where(valid, rows, 0)
         features = np.array(self.features[safe], dtype=np.float32)
@@ -109,7 +111,7 @@ class _Windows:
             first, end = self.centre
             features[:, first:end] -= self.means[self.row_video[safe]]
         valid &= self.available[safe]
-        features[~valid] = 0.0
+        features[~valid | drop_frames] = 0.0
         inputs = (torch.from_numpy(features), torch.from_numpy(self.gaps[safe] * valid), torch.from_numpy(valid))
         if self.audio is None:
             return inputs
@@ -174,9 +176,9 @@ class TrainWindows(_Windows, Dataset):
     :class:`WindowAugment` (``AugmentedDataset`` passes the slot and its drawn offset)."""
 
     def __init__(self, features, images, targets: np.ndarray, window: int, stride: int, available=None,
-                 centre=None, audio_dropout: float = 0.0, **audio):
+                 centre=None, audio_dropout: float = 0.0, frame_dropout: float = 0.0, **audio):
         super().__init__(features, images, window, stride, available, centre, **audio)
-        self.audio_dropout = audio_dropout
+        self.audio_dropout, self.frame_dropout = audio_dropout, frame_dropout
         self.targets = np.asarray(targets, np.float32)
         self.slots = np.array([(v, start) for v, run in enumerate(self.runs)
                                for start in window_starts(len(run), window, stride)], dtype=np.int64).reshape(-1, 2)
@@ -187,12 +189,12 @@ class TrainWindows(_Windows, Dataset):
     def __getitem__(self, index: int):
         return index, index
 
-    def sample(self, index: int, offset: int, drop_audio: bool = False):
+    def sample(self, index: int, offset: int, drop_audio: bool = False, drop_frames: bool = False):
         """Slot ``index``'s window shifted back by ``offset``: (features, gaps, valid[, audio, audio_valid]),
         targets (T, 15)."""
         video, start = self.slots[index]
         rows = self.window_rows(self.runs[video], int(start) - offset)
-        inputs = self.gather(rows, drop_audio)
+        inputs = self.gather(rows, drop_audio, drop_frames)
         targets = np.where(inputs[2].numpy()[:, None], self.targets[np.where(rows >= 0, rows, 0)], MISSING_ROW)
         return inputs, torch.from_numpy(targets.astype(np.float32))
 
@@ -208,7 +210,9 @@ class WindowAugment:
         offset = rng.randrange(self.windows.stride)
         if self.windows.audio is None:
             return offset
-        return offset, rng.random() < self.windows.audio_dropout
+        drop_audio = rng.random() < self.windows.audio_dropout
+        drop_frames = not drop_audio and rng.random() < self.windows.frame_dropout
+        return offset, drop_audio, drop_frames
 
     def collate(self, samples: list):
         """``AugmentedDataset`` samples ``((slot, params), slot)`` -> ``(inputs, targets, [])``."""

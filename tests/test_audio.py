@@ -506,21 +506,23 @@ def test_a_model_without_sound_keeps_the_parameters_and_config_of_a_visual_model
     assert tuple(model.embed.weight.shape) == (8, 6)
 
 
-def test_audio_dropout_is_drawn_per_window_and_epoch_from_the_seed():
+def test_audio_and_frame_dropout_are_drawn_per_window_and_epoch_from_the_seed():
     from datasets.temporal import TrainWindows, WindowAugment
     from datasets.transforms import sample_rng
 
     images = [f"video{v}/{n:05d}.jpg" for v in range(3) for n in range(1, 41)]
-    features = np.zeros((len(images), 2), np.float32)
+    features = np.ones((len(images), 2), np.float32)
     windows = TrainWindows(features, images, np.zeros((len(images), 15), np.float32), 8, 4, audio_dropout=0.3,
-                           audio=np.ones((len(images), 3), np.float32), audio_available=np.ones(len(images), bool))
+                           frame_dropout=0.5, audio=np.ones((len(images), 3), np.float32),
+                           audio_available=np.ones(len(images), bool))
     augment = WindowAugment(windows)
     draws = [[augment.params(sample_rng(3, epoch, i)) for i in range(len(windows))] for epoch in (0, 0, 1)]
     assert draws[0] == draws[1] != draws[2]
-    dropped = np.mean([augment.params(sample_rng(3, epoch, i))[1] for epoch in range(10) for i in range(len(windows))])
-    assert 0.2 < dropped < 0.4
-    slot, (offset, drop) = next((i, d) for i, d in enumerate(draws[0]) if d[1])
-    inputs, _ = windows.sample(slot, offset, drop)
-    assert not inputs[4].any() and (inputs[3] == 0).all()
-    inputs, _ = windows.sample(slot, offset, False)
-    assert inputs[4][inputs[2]].all()
+    many = np.array([augment.params(sample_rng(3, epoch, i))[1:] for epoch in range(10) for i in range(len(windows))])
+    assert 0.2 < many[:, 0].mean() < 0.4 and 0.25 < many[:, 1].mean() < 0.45  # frames: half of the other 70%
+    assert not (many[:, 0] & many[:, 1]).any()  # never both streams of a window
+    slot, (offset, drop_audio, _) = next((i, d) for i, d in enumerate(draws[0]) if d[1])
+    inputs, _ = windows.sample(slot, offset, drop_audio)
+    assert not inputs[4].any() and (inputs[3] == 0).all() and (inputs[0][inputs[2]] == 1).all()
+    inputs, _ = windows.sample(slot, offset, False, True)
+    assert inputs[4][inputs[2]].all() and (inputs[0] == 0).all() and inputs[2].any()

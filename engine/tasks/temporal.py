@@ -152,6 +152,9 @@ class TemporalTask(MTLTask):
         model.add_argument("--audio-dropout", type=ratio, default=0.3, metavar="P",
                            help="share of training windows whose sound is dropped (modality dropout), so that videos "
                                 "without sound are predicted well (default: %(default)s)")
+        model.add_argument("--frame-dropout", type=ratio, default=0.0, metavar="P",
+                           help="with --audio, share of the other training windows whose frame features are zeroed, "
+                                "so that the model learns what the sound alone tells (default: %(default)s)")
         add_task_flags(groups)
         add_mtl_output_flags(groups)
 
@@ -296,7 +299,7 @@ class TemporalTask(MTLTask):
         features = self.train_features
         windows = TrainWindows(features.array, annotations.images, annotations.targets, self.window, self.stride,
                                features.available, self.centre(features), audio_dropout=self.args.audio_dropout,
-                               **sound)
+                               frame_dropout=self.args.frame_dropout, **sound)
         self._windows["train"] = windows
         log(f"training windows: {len(windows)} of {self.window} frames (stride {self.stride}) over "
             f"{len(windows.runs)} videos")
