@@ -177,11 +177,13 @@ def prepare(command, tmp_path):
     return parts
 
 
-def demo_folder(script):
-    """The name of the folder an entry point's demo writes to by default (``runs/<name>``)."""
-    from engine.tasks import task_class
+def demo_folder(script, argv):
+    """The name of the folder a demo command writes to by default (``runs/<name>``), as its entry point's parser
+    resolves it from the command's flags."""
+    from engine.cli import parse_args
 
-    return os.path.basename(task_class(ENTRY_TRACKS[script]).demo_run["output_dir"])
+    flags = argv[argv.index(script) + 1:]
+    return os.path.basename(os.path.normpath(parse_args(ENTRY_TRACKS[script], "", flags).output_dir))
 
 
 @pytest.mark.slow
@@ -198,7 +200,7 @@ def test_documented_commands_run_in_order(tmp_path):
         for assignments, argv in prepared:
             script = entry_script(argv)
             if "--demo" in argv and "--output-dir" not in argv and script is not None:  # its own folder, in tmp_path
-                argv += ["--output-dir", str(tmp_path / "runs" / demo_folder(script))]
+                argv += ["--output-dir", str(tmp_path / "runs" / demo_folder(script, argv))]
             result = subprocess.run(argv, cwd=ROOT, env=dict(env, **assignments), capture_output=True, text=True,
                                     timeout=300)
             assert result.returncode == 0, f"{page}: {command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"

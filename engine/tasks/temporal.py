@@ -164,6 +164,9 @@ class TemporalTask(MTLTask):
         if args.demo:  # the MTL demo's checkpoint(s), next to this demo's folder (runs/demo_mtl by default)
             derived["backbone_ckpt"] = [os.path.join(os.path.dirname(os.path.normpath(args.output_dir)), name,
                                                      "checkpoints", "best_mtl.pth") for name in demo_backbones(args)]
+            if args.audio != "none":  # a demo with sound is another run than the one without: its own folder
+                alone = "_alone" if args.features == "none" else ""
+                derived["output_dir"] = os.path.normpath(args.output_dir) + "_audio" + alone
         return derived
 
     @staticmethod
