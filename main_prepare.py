@@ -24,7 +24,7 @@ Only the sound and the frame times of videos whose crops the organisers give (Af
 An interrupted run continues with the same command: finished videos are skipped, the one in progress is redone.
 """
 
-from engine.prepare import main
+from engine.tasks.prepare import main
 
 if __name__ == "__main__":
     main(__doc__)

@@ -15,13 +15,13 @@ from the Hugging Face hub (its local cache; nothing is downloaded with HF_HUB_OF
 
 The same from Python (docs/predict.md):
 
-    from engine.predict import Predictor
+    from engine.tasks.predict import Predictor
     table = Predictor("best_mtl.pth").video("interview.mp4")   # a pandas.DataFrame
 
 An input that cannot be read is named and skipped; the others are done and the run exits with status 2.
 """
 
-from engine.predict_cli import main
+from engine.tasks.predict.cli import main
 
 if __name__ == "__main__":
     main(__doc__)

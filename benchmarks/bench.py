@@ -553,8 +553,8 @@ def bench_prepare(opts) -> None:
     from datasets.media.faces import make_detector
     from datasets.media.video import read_frames, video_name
     from datasets.synthetic.videos import generate_videos
-    from engine.prepare import build_parser as prepare_parser
-    from engine.prepare import prepare_video
+    from engine.tasks.prepare import build_parser as prepare_parser
+    from engine.tasks.prepare import prepare_video
 
     device = pick_device(opts.device)
     work = tempfile.mkdtemp(prefix="bench_prepare_")
@@ -619,7 +619,7 @@ def _count_faces(boxes) -> int:
 
 
 def bench_predict(opts) -> None:
-    """``predict.py`` end to end (``engine.predict.Predictor.video``: decoding, the face pipeline, EMMA on every
+    """``predict.py`` end to end (``engine.tasks.predict.Predictor.video``: decoding, the face pipeline, EMMA on every
     aligned face, the table) on one video (``--video``, default a synthetic 640 x 360 one with one person), with the
     demo's EMMA (``--model demo``) or the reference's ViT-B one (``--model base``), random weights, against
     ``main_prepare.py`` alone on the same video; ``img_per_s`` counts frames. The final line gives the ratio."""
@@ -630,11 +630,11 @@ def bench_predict(opts) -> None:
     from datasets.media.video import video_name
     from datasets.synthetic.videos import generate_videos
     from engine.cli import parse_args
-    from engine.predict import Predictor
-    from engine.prepare import build_parser as prepare_parser
-    from engine.prepare import check_args as check_prepare_args
-    from engine.prepare import prepare_video
     from engine.tasks import task_class
+    from engine.tasks.predict import Predictor
+    from engine.tasks.prepare import build_parser as prepare_parser
+    from engine.tasks.prepare import check_args as check_prepare_args
+    from engine.tasks.prepare import prepare_video
     from models import build_model
 
     device = pick_device(opts.device)

@@ -1,4 +1,4 @@
-"""``predict.py`` and ``engine.predict.Predictor``: a video written here with PyAV (two synthetic people, a frame
+"""``predict.py`` and ``engine.tasks.predict.Predictor``: a video written here with PyAV (two synthetic people, a frame
 without a face, a tone as its sound) gives one row per decoded frame and face, the people on their own tracks, the
 predictions of ``main_prepare.py`` followed by ``main_mtl.py --eval`` on the same frames (up to the JPEG round trip
 of the prepared crops), an annotated copy with the source's frames, timing and sound; the API and the command line
@@ -18,7 +18,15 @@ from conftest import TINY
 
 from datasets import mtl
 from datasets.media import prepared
-from engine.predict import AU_ACTIVE_COLUMNS, AU_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, NO_FACE, VIDEO_COLUMNS, Predictor
+from engine.tasks.predict import (
+    AU_ACTIVE_COLUMNS,
+    AU_COLUMNS,
+    BOX_COLUMNS,
+    EXPR_COLUMNS,
+    NO_FACE,
+    VIDEO_COLUMNS,
+    Predictor,
+)
 from utils import abaw
 
 FRAMES, BLANK = 10, 5  # frame 5 (1-based) shows nobody
@@ -94,7 +102,7 @@ def checkpoints(mtl_data, tmp_path_factory):
 
 def run_cli(capsys, *argv):
     """``predict.py`` in this process: (exit status, stdout, stderr)."""
-    from engine.predict_cli import main
+    from engine.tasks.predict.cli import main
 
     capsys.readouterr()
     code = 0
@@ -110,7 +118,7 @@ def run_cli(capsys, *argv):
 def cli_run(media, checkpoints, tmp_path_factory):
     """``predict.py INPUTS --annotate`` over the folder of inputs, once."""
     out = tmp_path_factory.mktemp("predict_out")
-    from engine.predict_cli import main
+    from engine.tasks.predict.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -200,7 +208,7 @@ def prepared_eval(media, checkpoints, tmp_path_factory):
     """``main_prepare.py`` on the video, then ``main_mtl.py --eval`` on its crops (an MTL layout whose validation
     file lists every crop), for one checkpoint and for the ensemble of both."""
     from engine.entry import main as mtl_main
-    from engine.prepare import main as prepare_main
+    from engine.tasks.prepare import main as prepare_main
 
     root = tmp_path_factory.mktemp("prepared_eval")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -328,7 +336,7 @@ def fake_hub_cache(root, repo: str, filename: str, source: str) -> str:
 def test_a_hub_reference_resolves_from_the_local_cache_with_no_network(tmp_path, monkeypatch, checkpoints):
     import huggingface_hub.constants
 
-    from engine.predict import resolve_checkpoint
+    from engine.tasks.predict import resolve_checkpoint
     from utils.errors import UserError
 
     cached = fake_hub_cache(tmp_path / "hub", "someone/emma-tiny", "runs/best_mtl.pth", checkpoints["a"])

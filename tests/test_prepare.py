@@ -30,7 +30,7 @@ def run_prepare(*argv):
 
     import torch
 
-    from engine.prepare import main
+    from engine.tasks.prepare import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -323,11 +323,11 @@ def test_searching_every_4th_frame_in_full_finds_the_faces_of_a_full_search_of_e
 
 def test_a_run_stopped_while_moving_a_finished_video_into_place_is_completed_by_the_next(synthetic_set, prepared_set,
                                                                                         tmp_path, monkeypatch):
-    import engine.prepare
+    import engine.tasks.prepare
 
     video = synthetic_set / "videos" / "synth001.mp4"  # two people: times, sound, faces, two crop folders, preview
     moved = []
-    real_move = engine.prepare.move_atomic
+    real_move = engine.tasks.prepare.move_atomic
 
     def move_twice_then_die(source, target):
         if len(moved) == 2:
@@ -335,11 +335,11 @@ def test_a_run_stopped_while_moving_a_finished_video_into_place_is_completed_by_
         moved.append(target)
         real_move(source, target)
 
-    monkeypatch.setattr(engine.prepare, "move_atomic", move_twice_then_die)
+    monkeypatch.setattr(engine.tasks.prepare, "move_atomic", move_twice_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_prepare("--videos", video, "--output-dir", tmp_path, "--preview")
     assert len(moved) == 2 and not (tmp_path / ".prepared" / "synth001.json").exists()
-    monkeypatch.setattr(engine.prepare, "move_atomic", real_move)
+    monkeypatch.setattr(engine.tasks.prepare, "move_atomic", real_move)
     code, stdout, stderr = run_prepare("--videos", video, "--output-dir", tmp_path, "--preview")
     assert code in (0, None), stderr
     assert "(1 already done" in stdout  # finished from its move plan, not prepared again

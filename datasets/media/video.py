@@ -107,6 +107,22 @@ class Frame:
     duration: float  # seconds until the next frame, from the frame's own duration or the average rate
 
 
+def estimate_frames(path: str) -> int:
+    """The container's frame count, or its duration times its rate; 0 when it says neither or cannot be opened. Only
+    for progress bars: the decoded frames are the truth, and a bad file's error comes when it is read."""
+    av = _av()
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            if stream.duration and stream.time_base and stream.average_rate:
+                return int(float(stream.duration * stream.time_base) * float(stream.average_rate))
+    except (av.FFmpegError, IndexError, OSError, ValueError):
+        pass
+    return 0
+
+
 def read_frames(path: str, rgb: bool = True, fps: float | None = None):
     """Yield every decoded frame of ``path`` as a :class:`Frame`, upright; ``rgb`` False skips the conversion to
     RGB (for the frame times alone). A decoding error mid-file raises :class:`MediaError` after the frames before it.

@@ -1,11 +1,12 @@
 """What ``predict.py`` runs: inputs (videos, images, folders searched at any depth) to prediction files, figures and
-annotated videos in ``--output-dir``, through :class:`engine.predict.Predictor`.
+annotated videos in ``--output-dir``, through :class:`engine.tasks.predict.Predictor`.
 
 For each video ``OUT/<video>.csv`` (``Predictor.video``'s table) and ``OUT/<video>_timeline.png``
-(``engine.predict_figures``), with ``--annotate`` also ``OUT/<video>_annotated.mp4`` (``engine.annotate``); the images
-together in ``OUT/images.csv``. Every file is written whole or not at all. An input that cannot be read costs one line
-naming it; the others are done, and the run ends with status 2 and the list of what failed. A checkpoint that is not a
-model of this project stops the run with one line before any input is read.
+(``engine.tasks.predict.figures``), with ``--annotate`` also ``OUT/<video>_annotated.mp4``
+(``engine.tasks.predict.annotate``); the images together in ``OUT/images.csv``. Every file is written whole or not at
+all. An input that cannot be read costs one line naming it; the others are done, and the run ends with status 2 and the
+list of what failed. A checkpoint that is not a model of this project stops the run with one line before any input is
+read.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def run(args) -> list[str]:
     """Predict every input into ``args.output_dir``; returns the failed inputs' lines."""
     from tqdm import tqdm
 
-    from engine.predict import Predictor
-    from engine.predict_temporal import no_images
+    from engine.tasks.predict import Predictor
+    from engine.tasks.predict.temporal import no_images
     from utils.lock import OutputDirLock
 
     videos, images, failures = collect(args.inputs)
@@ -153,8 +154,8 @@ def run(args) -> list[str]:
 
 def write_video_files(args, name: str, path: str, table) -> list[str]:
     """A video's CSV, timeline and (``--annotate``) annotated copy; returns their paths."""
-    from engine.annotate import annotated_name, write_annotated
-    from engine.predict_figures import save_timeline
+    from engine.tasks.predict.annotate import annotated_name, write_annotated
+    from engine.tasks.predict.figures import save_timeline
 
     written = [os.path.join(args.output_dir, f"{name}.csv")]
     write_csv(table, written[0])

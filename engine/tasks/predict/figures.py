@@ -1,7 +1,8 @@
 """The timeline of a video's predictions (``OUT/<video>_timeline.png`` of ``predict.py``): per track, valence and
 arousal over time, the expression as a coloured band and the AU probabilities as a heat map, on one time axis.
 
-The expression colours are defined here once; the annotated video (``engine.annotate``) draws with the same ones.
+The expression colours are defined here once; the annotated video (``engine.tasks.predict.annotate``) draws with the
+same ones.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ MAX_COLUMNS = 3000  # frames drawn per track at most (a long video is drawn from
 
 def track_series(table, track: int, times: np.ndarray) -> dict:
     """A track's values at every frame time of the video (NaN, or -1 for the expression, where it is not seen)."""
-    from engine.predict import AU_COLUMNS
+    from engine.tasks.predict import AU_COLUMNS
 
     rows = table[table["track"] == track]
     where = np.searchsorted(times, rows["time"].to_numpy())
@@ -41,7 +42,7 @@ def timeline_figure(table, title: str = ""):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from engine.predict import AU_COLUMNS
+    from engine.tasks.predict import AU_COLUMNS
 
     times = np.unique(table["time"].to_numpy(np.float64))
     tracks = sorted(int(t) for t in table["track"].dropna().unique())

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from datasets.media.video import first_frame_time, read_audio, read_frames
-from engine.predict_figures import EXPRESSION_COLOURS
+from engine.tasks.predict.figures import EXPRESSION_COLOURS
 from utils import abaw
 
 TIME_BASE = fractions.Fraction(1, 90000)  # MPEG's clock: frame times to 11 microseconds

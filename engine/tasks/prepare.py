@@ -28,7 +28,16 @@ import numpy as np
 
 from datasets.media import prepared
 from datasets.media.faces import DETECTORS, FacePipeline, Tracker, align, make_detector
-from datasets.media.video import MediaError, find_videos, first_frame_time, probe, read_audio, read_frames, video_name
+from datasets.media.video import (
+    MediaError,
+    estimate_frames,
+    find_videos,
+    first_frame_time,
+    probe,
+    read_audio,
+    read_frames,
+    video_name,
+)
 from utils import dist
 from utils.atomic import atomic_write, move_atomic, write_text_atomic
 from utils.errors import UserError
@@ -237,7 +246,7 @@ class _Progress:
 
             total = 0
             for _, path in videos:
-                total += _estimate_frames(path)
+                total += estimate_frames(path)
             self.bar = tqdm(total=total or None, unit="frame", dynamic_ncols=True, smoothing=0.1)
             self.count = len(videos)
             self.done = 0
@@ -255,21 +264,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _estimate_frames(path: str) -> int:
-    try:
-        import av
-
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            if stream.duration and stream.time_base and stream.average_rate:
-                return int(float(stream.duration * stream.time_base) * float(stream.average_rate))
-    except Exception:  # noqa: BLE001 - only an estimate for the progress bar; the video's own errors come later
-        pass
-    return 0
 
 
 def _prepare_share(videos, args, detector) -> tuple[list[dict], list[tuple[str, str]]]:

@@ -2,7 +2,7 @@
 
 ::
 
-    from engine.predict import Predictor
+    from engine.tasks.predict import Predictor
 
     predictor = Predictor("runs/emma/checkpoints/best_mtl.pth")           # or [A, B, C]: an ensemble
     frames = predictor.video("interview.mp4")      # pandas.DataFrame: one row per decoded frame and face
@@ -17,7 +17,7 @@ person and drops short ones (spurious detections) exactly as ``main_prepare.py``
 numbered 1, 2, ... (left to right for two people, else by first appearance).
 
 Checkpoints: EMMA checkpoints of ``main_mtl.py`` (the MTL track or the per-video tracks) and temporal ones of
-``main_temporal.py`` (``engine.predict_temporal``: videos only), as a local path or a Hugging Face hub reference
+``main_temporal.py`` (``engine.tasks.predict.temporal``: videos only), as a local path or a Hugging Face hub reference
 ``hf-hub:owner/repo/path/file.pth`` (fetched by ``huggingface_hub``, read from its cache when offline:
 ``HF_HUB_OFFLINE=1``); loading is ``weights_only``. The model, its input size and its AU thresholds come from the
 checkpoint. Several EMMA checkpoints are an ensemble, averaged as ``main_mtl.py --eval --ckpt A B`` does
@@ -41,8 +41,8 @@ import pandas as pd
 import torch
 
 from datasets.media.faces import FacePipeline, Tracker, align, make_detector
-from datasets.media.video import probe, read_frames
-from engine.predict_temporal import SequencePredictor, is_sequence_model, no_images, precision_flag
+from datasets.media.video import estimate_frames, probe, read_frames
+from engine.tasks.predict.temporal import SequencePredictor, is_sequence_model, no_images, precision_flag
 from utils import abaw
 from utils.errors import UserError
 
@@ -144,8 +144,8 @@ class Predictor:
                  detect_batch: int | None = None, detect_every: int | None = None, min_face: int | None = None,
                  min_track: int | None = None, max_gap: int | None = None, crop_size: int | None = None,
                  progress: bool = False):
-        from engine import prepare
         from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision
+        from engine.tasks import prepare
 
         references = [ckpt] if isinstance(ckpt, (str, os.PathLike)) else list(ckpt)
         if not references:
@@ -387,21 +387,5 @@ def _progress_bar(path: str, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=_frame_estimate(path) or None, unit="frame", desc=os.path.basename(path), dynamic_ncols=True,
+    return tqdm(total=estimate_frames(path) or None, unit="frame", desc=os.path.basename(path), dynamic_ncols=True,
                 leave=False, smoothing=0.1)
-
-
-def _frame_estimate(path: str) -> int:
-    """The container's frame count, or duration x rate (only the progress bar's total)."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            if stream.duration and stream.time_base and stream.average_rate:
-                return int(float(stream.duration * stream.time_base) * float(stream.average_rate))
-    except (av.FFmpegError, IndexError, OSError):
-        pass
-    return 0
