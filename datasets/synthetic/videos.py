@@ -16,9 +16,9 @@ hold two people side by side, some have a stretch where the person leaves the fr
 phone's rotation flag (stored turned, shown upright), some run at a variable frame rate. The sound comes from
 ``datasets.synthetic.sound.render_sound`` over the same valence, arousal and expression traces.
 
-A face counts as visible (to be found) when its box lies inside the frame. Same seed, same pictures, sound, truth
-and annotations; the MP4 files themselves may differ in a few bytes from run to run (the H.264 encoder's choices
-vary; the decoded frames differ within its coding noise).
+A face counts as visible (to be found) when its box lies inside the frame. Same seed, same bytes: x264 encodes with
+one thread (with its default threads, the last, partial macroblock column of a 360-pixel-wide stored frame came out
+differently from run to run).
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def _encode(container, frames, times, rotation: int, sound, fps: float) -> None:
     for image, stamp in zip(frames, times):
         stored = np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
         if video is None:
-            video = container.add_stream("libx264", rate=int(round(fps)), options={"preset": "veryfast", "crf": "18"})
+            video = container.add_stream("libx264", rate=int(round(fps)),
+                                         options={"preset": "veryfast", "crf": "18", "threads": "1"})
             video.width, video.height, video.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
             video.codec_context.time_base = millisecond
             if rotation:
