@@ -541,6 +541,19 @@ def bench_tracks(opts) -> None:
     summarise(records)
 
 
+
+def bench_video(opts, work: str) -> str:
+    """``--video``, or a synthetic one person's video of ``--frames`` at ``--width`` x ``--height`` rendered into
+    ``work`` (the prepare and predict benchmarks time the same video)."""
+    if opts.video is not None:
+        return opts.video
+    from datasets.synthetic.videos import generate_videos
+
+    generate_videos(os.path.join(work, "source"), videos=1, frames=opts.frames, width=opts.width, height=opts.height,
+                    seed=0)
+    return os.path.join(work, "source", "videos", "synth000.mp4")
+
+
 def bench_prepare(opts) -> None:
     """``main_prepare.py`` end to end on one video (``--video``, default a synthetic 640 x 360 one with one person and
     sound) against decoding plus facenet-pytorch's MTCNN with its default settings (20 px minimum face), 16 frames a
@@ -552,18 +565,13 @@ def bench_prepare(opts) -> None:
 
     from datasets.media.faces import make_detector
     from datasets.media.video import read_frames, video_name
-    from datasets.synthetic.videos import generate_videos
     from engine.tasks.prepare import build_parser as prepare_parser
     from engine.tasks.prepare import prepare_video
 
     device = pick_device(opts.device)
     work = tempfile.mkdtemp(prefix="bench_prepare_")
     try:
-        video = opts.video
-        if video is None:
-            generate_videos(os.path.join(work, "source"), videos=1, frames=opts.frames, width=opts.width,
-                            height=opts.height, seed=0)
-            video = os.path.join(work, "source", "videos", "synth000.mp4")
+        video = bench_video(opts, work)
         baseline_model = MTCNN(device=device, keep_all=True)
 
         def baseline() -> tuple[int, int]:
@@ -628,7 +636,6 @@ def bench_predict(opts) -> None:
 
     from datasets.media.faces import make_detector
     from datasets.media.video import video_name
-    from datasets.synthetic.videos import generate_videos
     from engine.cli import parse_args
     from engine.tasks import task_class
     from engine.tasks.predict import Predictor
@@ -640,11 +647,7 @@ def bench_predict(opts) -> None:
     device = pick_device(opts.device)
     work = tempfile.mkdtemp(prefix="bench_predict_")
     try:
-        video = opts.video
-        if video is None:
-            generate_videos(os.path.join(work, "source"), videos=1, frames=opts.frames, width=opts.width,
-                            height=opts.height, seed=0)
-            video = os.path.join(work, "source", "videos", "synth000.mp4")
+        video = bench_video(opts, work)
         # the model of main_mtl.py --demo, or of the reference recipe (its flags' defaults), saved as a checkpoint
         flags = ["--demo"] if opts.model == "demo" else ["--data-dir", work]
         task = task_class("mtl")(parse_args("mtl", "", flags))
