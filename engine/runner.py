@@ -151,9 +151,7 @@ def _train(args):
     # A checkpoint of another stage is refused before any data is read or features extracted.
     resume_path = _resume_path(args)
     checkpoint = _load_resumable(resume_path, args, task) if resume_path else None
-    check_inputs = getattr(task, "check_inputs", None)
-    if check_inputs is not None:
-        check_inputs()
+    task.check_inputs()
 
     train_set, train_names = task.train_split()
     val_set = task.val_split()

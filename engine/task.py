@@ -110,8 +110,8 @@ class Task(Protocol):
         """The test list's dataset, or None when there is no test list."""
 
     def check_inputs(self) -> None:
-        """Optional; before the first training step: read what is otherwise read only after training (test lists,
-        validation images), so that a bad input stops the run before it trains."""
+        """Before the first training step: read what is otherwise read only after training (test lists, validation
+        images), so that a bad input stops the run before it trains."""
 
     def train_augment(self, img_size: int):
         """Per-sample training augmentation to the model's input size (run in the loader workers), with a
