@@ -31,6 +31,7 @@ import torch
 from datasets.media import prepared
 from datasets.media.audio import LogMel, pool_windows
 from datasets.mtl import video_and_frame
+from engine.features import file_sha256
 from utils import dist
 from utils.atomic import atomic_write
 from utils.errors import UserError
@@ -40,13 +41,8 @@ FORMAT = 1
 
 
 def _sha256_file(path: str | None) -> str | None:
-    if path is None or not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
+    """The digest of a recording's file, None where the video has none."""
+    return file_sha256(path) if path is not None and os.path.isfile(path) else None
 
 
 class AudioSource:
