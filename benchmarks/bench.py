@@ -27,7 +27,7 @@ with the input transform, which resizes the frames; ``extract`` runs the same pr
 feature extraction (``engine.features``: the model's ``features``) and reports its speed as a ratio to ``eval`` on
 the same batches; ``temporal`` calls the training loop with the temporal stage's task and model on random features
 (windows/s, and the time of an epoch over the ABAW4 MTL training frames at that speed); ``tracks`` reads and joins
-a per-video VA track of the single-task layout with ``datasets.tracks`` (lines/s); ``prepare`` runs
+a per-video VA track of the single-task layout with ``datasets.tracks.affwild2`` (lines/s); ``prepare`` runs
 ``main_prepare.py``'s work on one 640 x 360 video (decode, detect, track, align, write the crops, the sound and the
 faces) beside decoding plus facenet-pytorch's MTCNN at its default settings batched 16 on the same frames (frames/s).
 
@@ -510,10 +510,10 @@ def bench_audio(opts) -> None:
 def bench_tracks(opts) -> None:
     """Reading a per-video VA track (ABAW2-8 layout): ``--lines`` annotation lines over ``--videos`` files, written
     once into ``--dir`` (random values, 5 % not annotated), then parsed, validated and joined per frame by
-    ``datasets.tracks.join_split`` (what training and validation read before matching the frames to images)."""
+    ``datasets.tracks.affwild2.join_split`` (what training and validation read before matching the frames to images)."""
     import tempfile
 
-    from datasets import tracks
+    from datasets.tracks import affwild2 as tracks
 
     root = opts.dir or os.path.join(tempfile.gettempdir(), f"abaw_va_track_{opts.lines}x{opts.videos}")
     folder = os.path.join(root, "VA_Estimation_Challenge", "Train_Set")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from datasets import lsd, mtl, tracks
+from datasets import lsd, mtl
+from datasets.tracks import affwild2 as tracks
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
 

@@ -242,7 +242,7 @@ def test_a_video_in_train_and_validation_of_one_task_is_refused(tracks_copy, tmp
 
 
 def test_a_video_shared_between_tasks_splits_is_a_warning(tracks_copy):
-    from datasets import tracks
+    from datasets.tracks import affwild2 as tracks
 
     au_train = split_folder(tracks_copy, "AU_Detection_Challenge", "Train_Set")
     au_val = split_folder(tracks_copy, "AU_Detection_Challenge", "Validation_Set")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from datasets import tracks
+from datasets.tracks import affwild2 as tracks
 from engine import submission
 from tests.test_data import write_jpeg, write_text
 from utils.abaw import AU_NAMES, EXPR_NAMES

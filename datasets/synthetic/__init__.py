@@ -51,7 +51,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from datasets import lsd, mtl, tracks
+from datasets import lsd, mtl
+from datasets.tracks import affwild2 as tracks
 from datasets.media import prepared
 from datasets.synthetic.render import (
     AU_COLUMN,
@@ -120,7 +121,7 @@ EXTRA_LINES_MAX = 4  # a video's single-task files go on for 1 to this many line
 _MTL_HEADER = ",".join(mtl.FIELD_NAMES)  # header line of the MTL annotation files
 
 # Single-task tracks as released in ABAW6 (ABAW4.md, "Single-task tracks"): the folder and header names are those of
-# the reader (datasets.tracks); the annotation root and the test-list file names are those of that release.
+# the reader (datasets.tracks.affwild2); the annotation root and the test-list file names are those of that release.
 TRACKS_ANNOTATION_DIR = "6th ABAW Annotations"
 TRACKS_CHALLENGE_DIRS = {"VA": tracks.CHALLENGES["va"][0], "EXPR": "EXPR_Recognition_Challenge",
                          "AU": tracks.CHALLENGES["au"][0]}

@@ -16,7 +16,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from datasets import mtl, tracks
+from datasets import mtl
+from datasets.tracks import affwild2 as tracks
 from datasets.images import ImageListDataset
 from datasets.transforms import mtl_train_augment
 from engine import plots, submission
