@@ -70,7 +70,7 @@ def configure(args, stage) -> float:
     if overridden:
         log("demo settings replaced by your flags: " + ", ".join(
             f"{flag_name(key)} {getattr(args, key)} (demo: {settings[key]})" for key in overridden))
-    if "data_dir" not in args.typed and dist.is_main():
+    if "data_dir" not in args.typed and dist.is_main() and stage.demo_data.get("synthetic"):
         from datasets import synthetic
 
         kind, params = stage.demo_data["synthetic"], stage.demo_data["small" if small() else "full"]
@@ -80,7 +80,8 @@ def configure(args, stage) -> float:
             start = time.perf_counter()
             synthetic.generate(kind, root, **params)
             log(f"generated in {time.perf_counter() - start:.0f} s")
-    if hasattr(stage, "prepare_demo"):  # e.g. the temporal demo trains its backbone first
+    # e.g. the temporal demo trains its backbone first; the video demo generates its track's data set
+    if hasattr(stage, "prepare_demo"):
         stage.prepare_demo(args)
     return started
 

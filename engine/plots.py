@@ -86,6 +86,35 @@ def lsd_figures(task, outputs) -> dict:
                                               f"LSD validation (macro F1 {scores['f1']:.3f})")}
 
 
+def label_scatter(predictions: np.ndarray, labels: np.ndarray, names, title: str):
+    """One panel per label column: predicted against true values (a regression target), or the predicted
+    probabilities of the frames or videos of each true class (a binary label); rows with a missing label (-1) left
+    out."""
+    columns = predictions.shape[1]
+    figure, axes = plt.subplots(1, columns, figsize=(2.6 * columns + 0.4, 2.8), squeeze=False)
+    for column, axis in enumerate(axes[0]):
+        true, predicted = labels[:, column], predictions[:, column]
+        known = true >= 0
+        true, predicted = true[known], predicted[known]
+        if np.isin(true, (0.0, 1.0)).all():
+            bins = np.linspace(0, 1, 21)
+            for value, colour in ((0.0, "tab:blue"), (1.0, "tab:orange")):
+                axis.hist(predicted[true == value], bins=bins, alpha=0.6, color=colour, label=f"true {value:g}")
+            axis.set_xlabel("predicted probability")
+            axis.legend(fontsize=7)
+        else:
+            axis.scatter(true, predicted, s=8, alpha=0.6)
+            axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+            axis.set_xlabel("true")
+            axis.set_ylabel("predicted")
+            axis.set_xlim(-0.05, 1.05)
+            axis.set_ylim(-0.05, 1.05)
+        axis.set_title(str(names[column]), fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def loss_curve_figure(log_path: str):
     """Training and validation loss per epoch from a run's ``log.jsonl`` (None when there is no epoch yet)."""
     import json

@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import TINY
 
+from datasets.tracks.lsd import write_lsd_predictions
+from datasets.tracks.mtl import check_mtl_file, write_mtl_predictions
 from engine.entry import main
-from engine.submission import check_mtl_file, write_lsd_predictions, write_mtl_predictions
 
 ODD_NAMES = ["10-60-1280x720_right/00001.jpg", "135-24-1920x1080/00007.jpg", "video45_1/00002.jpg",
              "a video (2)/00010.jpg", "video45_1/00001.jpg"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datasets.tracks import affwild2 as tracks
-from engine import submission
+from datasets.tracks import single
 from tests.test_data import write_jpeg, write_text
 from utils.abaw import AU_NAMES, EXPR_NAMES
 from utils.errors import UserError
@@ -141,7 +141,7 @@ def test_submission_files_of_each_task_reread_independently(tmp_path):
     aus = np.array([[1, 0] * 6, [0, 1] * 6, [1] * 12])
     for task, values in (("va", va), ("expr", expr), ("au", aus)):
         path = tmp_path / f"test_predictions_{task}.txt"
-        submission.write_track_predictions(str(path), task, images, values)
+        single.TRACKS[task].write_submission(str(path), images, values)
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
         header = {"va": ["image_location", "valence", "arousal"], "expr": ["image_location", *EXPR_NAMES],
@@ -156,4 +156,4 @@ def test_submission_files_of_each_task_reread_independently(tmp_path):
         else:
             np.testing.assert_array_equal([[int(x) for x in row[1:]] for row in rows[1:]], aus)
         with pytest.raises(RuntimeError):
-            submission.check_track_file(str(path), task, images[:2])
+            single.TRACKS[task].check_file(str(path), images[:2])

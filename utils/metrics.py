@@ -67,12 +67,12 @@ def _f1_from_counts(tp, fp, fn) -> np.ndarray:
     return np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
 
 
-def _per_class_f1(confusion: np.ndarray) -> np.ndarray:
+def per_class_f1(confusion: np.ndarray) -> np.ndarray:
     tp = np.diag(confusion)
     return _f1_from_counts(tp, confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp)
 
 
-def _binary_f1(pred, true) -> float:
+def binary_f1(pred, true) -> float:
     """F1 of the positive class; 0.0 when there is no positive in either pred or true (or no frame)."""
     pred = np.asarray(pred).astype(bool)
     true = np.asarray(true).astype(bool)
@@ -121,12 +121,12 @@ def mtl_metrics(va_pred, expr_pred, au_pred, labels) -> dict:
 
     has_expr = expr_true != EXPR_MISSING
     expr_confusion = confusion_matrix(expr_pred[has_expr], expr_true[has_expr], len(EXPR_NAMES))
-    f1_per_expr = _per_class_f1(expr_confusion)
+    f1_per_expr = per_class_f1(expr_confusion)
     n_expr = int(has_expr.sum())
     acc_expr = float(np.trace(expr_confusion) / n_expr) if n_expr else 0.0
 
     au_labelled = au_true != AU_MISSING
-    f1_per_au = [_binary_f1(au_pred[au_labelled[:, k], k], au_true[au_labelled[:, k], k]) for k in range(len(AU_NAMES))]
+    f1_per_au = [binary_f1(au_pred[au_labelled[:, k], k], au_true[au_labelled[:, k], k]) for k in range(len(AU_NAMES))]
 
     f1_expr = float(f1_per_expr.mean())
     f1_au = float(np.mean(f1_per_au))
@@ -151,7 +151,7 @@ def mtl_metrics(va_pred, expr_pred, au_pred, labels) -> dict:
 def lsd_metrics(pred, true, num_classes: int = len(LSD_CLASSES)) -> dict:
     """P_LSD (macro F1 over all classes), accuracy, per-class F1 and the confusion matrix (rows = true)."""
     confusion = confusion_matrix(pred, true, num_classes)
-    f1_per_class = _per_class_f1(confusion)
+    f1_per_class = per_class_f1(confusion)
     total = int(confusion.sum())
     return {
         "f1": float(f1_per_class.mean()),
@@ -194,8 +194,8 @@ def tune_au_thresholds(probs, au_labels, grid=None) -> tuple[list[float], float,
         f1 = _f1_from_counts(tp, fp, fn)
         best = int(np.argmax(f1))
         thresholds.append(float(candidates[best]))
-        f1_before.append(_binary_f1(au_decisions(prob_k), positive))
-        f1_after.append(_binary_f1(au_decisions(prob_k, candidates[best]), positive))
+        f1_before.append(binary_f1(au_decisions(prob_k), positive))
+        f1_after.append(binary_f1(au_decisions(prob_k, candidates[best]), positive))
     return thresholds, float(np.mean(f1_before)), float(np.mean(f1_after))
 
 

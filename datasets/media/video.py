@@ -47,15 +47,15 @@ def _av():
     return av
 
 
-def _open(path: str):
+def _open(path: str, need_video: bool = True):
     av = _av()
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
         container = av.open(path)
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise MediaError(f"{path}: not a readable video ({_reason(err)})") from None
-    if not container.streams.video:
+        raise MediaError(f"{path}: not a readable {'video' if need_video else 'recording'} ({_reason(err)})") from None
+    if need_video and not container.streams.video:
         container.close()
         raise MediaError(f"{path}: no video stream")
     return container
@@ -174,11 +174,11 @@ def first_frame_time(path: str) -> float:
 
 
 def read_audio(path: str, origin: float, sample_rate: int = SAMPLE_RATE):
-    """Yield the sound of ``path`` as float32 mono chunks at ``sample_rate``, starting at time ``origin`` (s, the
-    first frame's timestamp): silence is put before a sound that starts later, a sound that starts earlier is cut.
-    Yields nothing for a video without a sound stream."""
+    """Yield the sound of ``path`` (a video, or a sound file: WAV, MP3, ...) as float32 mono chunks at
+    ``sample_rate``, starting at time ``origin`` (s, the first frame's timestamp): silence is put before a sound that
+    starts later, a sound that starts earlier is cut. Yields nothing for a file without a sound stream."""
     av = _av()
-    container = _open(path)
+    container = _open(path, need_video=False)
     try:
         if not container.streams.audio:
             return

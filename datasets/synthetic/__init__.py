@@ -52,7 +52,6 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import lsd, mtl
-from datasets.tracks import affwild2 as tracks
 from datasets.media import prepared
 from datasets.synthetic.render import (
     AU_COLUMN,
@@ -64,6 +63,7 @@ from datasets.synthetic.render import (
     sample_pose,
 )
 from datasets.synthetic.sound import write_recordings
+from datasets.tracks import affwild2 as tracks
 from utils.abaw import AU_MISSING, AU_NUMBERS, EXPR_MISSING, EXPR_NAMES, LSD_CLASSES, VA_MISSING
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
@@ -707,11 +707,24 @@ def _lines(lines: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The video-level and compound-expression tracks: each generator is a module of this package with its own
+# ``DEFAULTS``, ``generate``, ``is_generated`` and ``add_arguments`` (its command-line flags).
+TRACK_MODULES = ("emi", "ah", "ce")
+
+
+def track_module(track: str):
+    import importlib
+
+    return importlib.import_module(f"datasets.synthetic.{track}")
+
+
 def is_generated(out_dir, track, **params) -> bool:
     """True when ``out_dir`` holds a complete synthetic ``track`` set made with ``params`` (defaults fill the rest).
 
     ``workers`` and ``progress`` may be passed and are ignored: they do not change the data.
     """
+    if track in TRACK_MODULES:
+        return track_module(track).is_generated(out_dir, **params)
     if track not in DEFAULTS:
         raise ValueError(f"unknown track {track!r}; expected one of {sorted(DEFAULTS)}")
     params = {key: value for key, value in params.items() if key not in ("workers", "progress")}
@@ -729,7 +742,9 @@ def is_generated(out_dir, track, **params) -> bool:
 
 def generate(track: str, out_dir, **params) -> dict:
     """:func:`generate_mtl`, :func:`generate_tracks`, :func:`generate_lsd` or :func:`generate_faces`, by track name
-    (the demos' data sets)."""
+    (the demos' data sets), or the generator module of a track of ``TRACK_MODULES``."""
+    if track in TRACK_MODULES:
+        return track_module(track).generate(out_dir, **params)
     if track not in DEFAULTS:
         raise ValueError(f"unknown track {track!r}; expected one of {sorted(DEFAULTS)}")
     generators = {"mtl": generate_mtl, "tracks": generate_tracks, "lsd": generate_lsd, "faces": generate_faces}

@@ -5,6 +5,7 @@
     python -m datasets.synthetic lsd OUT_DIR [--per-class 200] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic faces OUT_DIR [--count 2000] [--size 112] [--seed 0] [--workers N]
     python -m datasets.synthetic videos OUT_DIR [--videos 6] [--frames 60] [--width 640] [--height 360] [--seed 0]
+    python -m datasets.synthetic emi|ah|ce OUT_DIR [flags of the track's generator; --help lists them]
 
 Exit status 0 when the set is written, 2 for a bad flag or a folder the generator must not write to.
 """
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--height", type=_bounded_int(MIN_SIZE, 2160), default=VIDEO_DEFAULTS["height"],
                      help=f"frame height in pixels (default {VIDEO_DEFAULTS['height']})")
     raw.add_argument("--seed", type=_bounded_int(0), default=VIDEO_DEFAULTS["seed"], help="same seed, same bytes")
+    for track in synthetic.TRACK_MODULES:  # each adds its own flags
+        module = synthetic.track_module(track)
+        sub = tracks.add_parser(track, help=module.__doc__.strip().split("\n")[0])
+        sub.add_argument("out_dir")
+        module.add_arguments(sub)
     for sub, track in ((mtl, "mtl"), (single, "tracks"), (lsd, "lsd"), (faces, "faces")):
         sub.add_argument("--size", type=_bounded_int(MIN_SIZE, MAX_SIZE), default=DEFAULTS[track]["size"],
                          help="image side in pixels")
@@ -87,6 +93,17 @@ def main(argv=None) -> int:
                                   height=args.height, seed=args.seed)
         print(f"synthetic videos: wrote {summary['videos']} videos of {args.frames} frames at {args.width}x"
               f"{args.height} to {args.out_dir} in {summary['seconds']:.1f} s")
+        return 0
+    if args.track in synthetic.TRACK_MODULES:
+        params = {key: value for key, value in vars(args).items() if key not in ("track", "out_dir")}
+        try:
+            summary = synthetic.generate(args.track, args.out_dir, **params)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        counts = ", ".join(f"{value} {key}" for key, value in summary.get("counts", summary).items()
+                           if isinstance(value, int))
+        print(f"synthetic {args.track}: wrote {counts} to {args.out_dir}")
         return 0
     common = {"size": args.size, "seed": args.seed, "workers": args.workers, "progress": not args.no_progress}
     try:

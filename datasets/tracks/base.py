@@ -32,7 +32,8 @@ class VideoItem:
     organisers' pre-extracted sequences by name (a ``.pkl`` or ``.npy`` file each, one (T, D) array);
     ``transcript`` the spoken words as ``(start_s, end_s, text)`` chunks (times may be None) or None.
     ``label`` is the video's label vector (float32) or None (test); ``frame_labels`` one label per frame for
-    frame-level tracks (the track's missing code where a frame has none)."""
+    frame-level tracks (the track's missing code where a frame has none), and ``frame_ids`` the names its submission
+    gives those frames, in the reference order."""
 
     id: str
     frames: list[str] = field(default_factory=list)
@@ -43,6 +44,7 @@ class VideoItem:
     transcript: list[tuple[float | None, float | None, str]] | None = None
     label: np.ndarray | None = None
     frame_labels: np.ndarray | None = None
+    frame_ids: list[str] | None = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Track(Protocol):
     kind: ClassVar[str]  # "regression" (values in [0, 1]), "binary", "multiclass", "mtl"
     main_metric: ClassVar[str]  # the key of :meth:`metrics` that ranks entries
     synthetic: ClassVar[str]  # the generator's name (python -m datasets.synthetic <synthetic> OUT_DIR)
+    submission_file: ClassVar[str]  # the name of the submission file a stage writes in its output folder
 
     def metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict:
         """The challenge's scores of ``predictions`` (see each track) against ``labels``."""
@@ -96,7 +99,28 @@ class VideoTrack(Track, Protocol):
         """The split's videos, each with its streams and label; :class:`UserError` naming file, line and reason."""
 
 
-# ---- shared readers
+# ---- shared writers and readers
+
+def write_lines(path: str, lines: list[str]) -> None:
+    """A text file of ``lines`` written whole or not at all; a folder that cannot be written is a UserError."""
+    from utils.atomic import write_text_atomic
+
+    try:
+        write_text_atomic(path, "\n".join(lines) + "\n")
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def read_rows(path: str, header: str, images) -> list[str]:
+    """The lines of a written prediction file, after checking its header and that it has a row per listed image."""
+    with open(path) as handle:
+        rows = handle.read().splitlines()
+    if not rows or rows[0] != header:
+        raise RuntimeError(f"{path}: wrong header {rows[:1]}")
+    if len(rows) - 1 != len(images):
+        raise RuntimeError(f"{path}: {len(rows) - 1} rows for {len(images)} listed images")
+    return rows
+
 
 class _NumpyOnly(pickle.Unpickler):
     """An unpickler that admits numpy arrays and nothing else that could run code."""

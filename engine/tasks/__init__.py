@@ -1,6 +1,6 @@
 """The stages this project runs, by the name of their entry point's track: ``main_mtl.py`` is "mtl", ``main_lsd.py``
-is "lsd", ``main_pretrain.py`` "pretrain", ``main_temporal.py`` "temporal". Each is a :class:`engine.task.Task`; a
-new stage adds its class here."""
+is "lsd", ``main_pretrain.py`` "pretrain", ``main_temporal.py`` "temporal", ``main_video.py`` "video". Each is a
+:class:`engine.task.Task`; a new stage adds its class here."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from engine.tasks.lsd import LSDTask
 from engine.tasks.mtl import MTLTask
 from engine.tasks.pretrain import PretrainTask
 from engine.tasks.temporal import TemporalTask
+from engine.tasks.video import VideoTask
 
-TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask, TemporalTask)}
+TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask, TemporalTask, VideoTask)}
 
 
 def task_class(track: str):

@@ -15,8 +15,9 @@ import torch
 
 from datasets import lsd, mtl
 from datasets.images import ImageListDataset
+from datasets.tracks import get_track
 from datasets.transforms import lsd_train_augment
-from engine import plots, submission
+from engine import plots
 from engine.cli import non_negative_float, positive_int, ratio
 from engine.task import (
     MODEL_FLAGS,
@@ -224,7 +225,7 @@ class LSDTask(ImageTask):
         return self._test_images
 
     def write_predictions(self, path: str, names, outputs: np.ndarray) -> None:
-        submission.write_lsd_predictions(path, names, outputs.argmax(1))
+        get_track("lsd").write_submission(path, names, outputs.argmax(1))
 
     def fill_test(self, outputs, seen):
         """An unreadable test image takes the mean output of the others."""

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from datasets import mtl
-from datasets.tracks import affwild2 as tracks
 from datasets.images import ImageListDataset
+from datasets.tracks import affwild2 as tracks
+from datasets.tracks import get_track
 from datasets.transforms import mtl_train_augment
-from engine import plots, submission
+from engine import plots
 from engine.cli import non_negative_float, non_negative_int, positive_int, smoothing_window
 from engine.task import (
     MODEL_FLAGS,
@@ -372,7 +373,7 @@ class MTLTask(ImageTask):
         return self._test[0]
 
     def write_predictions(self, path: str, names, outputs: np.ndarray) -> None:
-        submission.write_mtl_predictions(path, names, *self.decode(outputs))
+        get_track("mtl").write_submission(path, names, self.decode(outputs))
 
     def write_split_predictions(self, out_dir: str, split: str, names, outputs) -> list[tuple[str, int]]:
         """Per-video tasks: one file per task, ``<split>_predictions_<task>.txt``: validation over the frames that
@@ -390,7 +391,7 @@ class MTLTask(ImageTask):
             else:
                 continue
             path = os.path.join(out_dir, f"{split}_predictions_{task}.txt")
-            submission.write_track_predictions(path, task, images, decoded[task][rows])
+            get_track(task).write_submission(path, images, decoded[task][rows])
             written.append((path, len(images)))
         return written
 
