@@ -4,13 +4,14 @@ is "lsd", ``main_pretrain.py`` "pretrain", ``main_temporal.py`` "temporal", ``ma
 
 from __future__ import annotations
 
+from engine.tasks.ce import CETask
 from engine.tasks.lsd import LSDTask
 from engine.tasks.mtl import MTLTask
 from engine.tasks.pretrain import PretrainTask
 from engine.tasks.temporal import TemporalTask
 from engine.tasks.video import VideoTask
 
-TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask, TemporalTask, VideoTask)}
+TASKS = {task.name: task for task in (MTLTask, LSDTask, PretrainTask, TemporalTask, VideoTask, CETask)}
 
 
 def task_class(track: str):
