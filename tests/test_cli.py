@@ -117,7 +117,7 @@ def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, supported
 
 
 LAUNCHERS = ["train_EMMA.sh", "train_masked_CoTEX.sh", "eval_EMMA.sh", "eval_masked_CoTEX.sh", "slurm_EMMA.sbatch",
-             "pretrain_MAE.sh", "train_temporal.sh"]
+             "pretrain_MAE.sh", "train_temporal.sh", "train_video.sh"]
 DASH = shutil.which("dash")
 
 
@@ -135,6 +135,7 @@ def test_every_launcher_is_posix_sh(script):
     ("eval_EMMA.sh", "main_mtl.py", "1"), ("eval_masked_CoTEX.sh", "main_lsd.py", "1"),
     ("pretrain_MAE.sh", "main_pretrain.py", "1"), ("pretrain_MAE.sh", "main_pretrain.py", "8"),
     ("train_temporal.sh", "main_temporal.py", "1"), ("train_temporal.sh", "main_temporal.py", "2"),
+    ("train_video.sh", "main_video.py", "1"), ("train_video.sh", "main_video.py", "2"),
 ])
 def test_launchers_under_dash_reach_their_entry_point_with_flags_it_accepts(tmp_path, script, entry, ngpus):
     """python and torchrun are stand-ins that record their arguments; the recorded flags must parse."""
@@ -158,13 +159,16 @@ def test_launchers_under_dash_reach_their_entry_point_with_flags_it_accepts(tmp_
         argv = argv[2:]
     assert argv[0] == entry
     args = parse_args({"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain",
-                       "main_temporal.py": "temporal"}[entry], "", argv[1:])
+                       "main_temporal.py": "temporal", "main_video.py": "video"}[entry], "", argv[1:])
     if "pretrain" in script:  # several folders, and the effective batch of MAE's recipe
         assert args.data_dir == [ROOT, f"{ROOT}/tests"] and args.mask_ratio == 0.75 and args.norm_pix_loss
         assert args.batch_size * args.accum_iter * int(ngpus) == 4096 and args.epochs == 8
         return
     if "temporal" in script:
         assert (args.window, args.stride, args.layers, args.width, args.epochs) == (100, 50, 4, 128, 8)
+    if "video" in script:
+        assert (args.track_name, args.audio, args.frames_per_video, args.layers, args.epochs) == ("emi", "logmel", 32,
+                                                                                                  2, 8)
     assert args.data_dir == ROOT
     if "train" in script:
         assert args.epochs == 8 and args.vit == "base"  # the user's --epochs comes last and wins over the recipe's
