@@ -142,8 +142,9 @@ class VideoTask:
         if args.demo:  # the track's synthetic set, and the MTL demo's checkpoint as the backbone
             from engine import demo
 
+            folder = track_registry.get_track(args.track_name).synthetic  # ah and ah_frame share one set
             derived["data_dir"] = os.path.join(os.environ.get("ABAW_DEMO_DATA", "demo_data"),
-                                               args.track_name + ("_small" if demo.small() else ""))
+                                               folder + ("_small" if demo.small() else ""))
             derived["output_dir"] = os.path.normpath(args.output_dir).replace("demo_video", f"demo_{args.track_name}")
             derived["backbone_ckpt"] = os.path.join(os.path.dirname(os.path.normpath(args.output_dir)), "demo_mtl",
                                                     "checkpoints", "best_mtl.pth")
