@@ -165,3 +165,51 @@ def test_bad_input_is_one_line(emi_run, emi_data, capsys, tmp_path):
                      emi_run / "checkpoints" / "last.pth", "--data-dir", emi_data, "--output-dir", tmp_path / "e",
                      "--device", "cpu", check=False)
     assert wrong.returncode == 2 and "emi track" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+@pytest.fixture(scope="module")
+def ah_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ah_data")
+    synthetic.generate("ah", str(root), videos=15, frames=8, size=32, workers=1, progress=False)
+    return root
+
+
+def tiny_bert(folder):
+    """A random one-layer BERT with a WordPiece tokenizer over a few words, saved as save_pretrained does."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "um", "well", "i", "mean", "know", "yes", "it", "was", ","]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(folder))
+    return folder
+
+
+def test_ah_from_transcripts_alone_writes_the_split_s_videos_in_order(ah_data, tmp_path):
+    from engine.entry import main
+
+    track = get_track("ah")
+    main("video", "", ["--track", "ah", "--data-dir", str(ah_data), "--text", str(tiny_bert(tmp_path / "bert")),
+                       "--track-features", "none", "--output-dir", str(tmp_path / "run"), "--epochs", "1", *FAST])
+    config = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=False)["model_config"]
+    assert [name for name, _ in config["streams"]] == ["text"] and config["streams"][0][1] == 16
+    reference = track.read_split(str(ah_data), "test").ids
+    written = track.read_submission(str(tmp_path / "run" / track.submission_file), reference_ids=reference)
+    assert written["ids"] == reference and written["p1"] is not None
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["f1_macro"] >= 0.0
+
+
+def test_ah_per_frame_writes_every_frame_of_the_example_in_its_order(ah_data, emi_backbone, tmp_path):
+    from engine.entry import main
+
+    track = get_track("ah_frame")
+    main("video", "", ["--track", "ah_frame", "--data-dir", str(ah_data), "--backbone-ckpt", str(emi_backbone),
+                       "--window", "4", "--output-dir", str(tmp_path / "run"), "--epochs", "1", *FAST])
+    reference = [name for item in track.read_split(str(ah_data), "test").items for name in item.frame_ids]
+    frames, labels = track.read_submission(str(tmp_path / "run" / track.submission_file), reference_ids=reference)
+    assert frames == reference and set(labels.tolist()) <= {0, 1}
+    val = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
+    assert 0.0 <= val["f1_macro"] <= 1.0
