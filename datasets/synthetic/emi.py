@@ -21,7 +21,7 @@ the label is k / N. The ``.pkl`` features are fixed random projections of the pe
 valence, arousal, pose and the identity; wav2vec2: the sound's loudness, valence, arousal and expression) plus noise,
 so they carry the signal as the real ones do, the sound's less than the face's.
 
-Determinism: every random choice comes from ``np.random.default_rng([seed, 7, stream, video])``; OpenCV and x264 run
+Determinism: every random choice comes from ``np.random.default_rng([seed, 8, stream, video])``; OpenCV and x264 run
 single-threaded, so the same seed writes the same bytes whatever the number of worker processes.
 """
 
@@ -38,7 +38,7 @@ import time
 import cv2
 import numpy as np
 
-from datasets.synthetic import _finish, _read_meta, _run_tasks, _write_meta, plan_video, split_sizes
+from datasets.synthetic import GENERATOR_VERSION, _finish, _read_meta, _run_tasks, _write_meta, plan_video, split_sizes
 from datasets.synthetic.render import DRAWN_AUS, encode_jpeg, render_face
 from datasets.synthetic.sound import SAMPLE_RATE, TRACE_RATE, render_sound
 from datasets.synthetic.videos import write_video
@@ -62,7 +62,7 @@ TEST_LABEL_FILE = "test_labels.csv"
 FEATURE_DIMS = {"vit": 32, "wav2vec2": 48}
 OWNED_PATHS = (LABEL_FILES["train"], LABEL_FILES["val"], TEST_LABEL_FILE, FACES_DIR, AUDIO_DIR, *FEATURE_DIMS,
                TEST_DIR)
-_CODE = 7  # this module's RNG stream, beside datasets.synthetic's track codes (1 to 4) and the raw videos' (6)
+_CODE = 8  # this module's RNG stream, apart from datasets.synthetic's (1 to 4), the raw videos' (6), A/H (7), CE (9)
 # Streams: 0 the video plan, 1 frame pixels (+ frame), 2 ids, 3 projections, 4 sound, 5 feature noise.
 
 # How each emotion shows (AU -> gain), where it sits in the circumplex (valence, arousal), and which MTL expression
@@ -94,7 +94,7 @@ NO_FACE_RATE = 0.03  # frames whose face was not found: no crop, no ViT row
 # The raw MP4s' side: x264 through PyAV wrote different bytes from run to run for frames 112, 192 or 224 px wide
 # (it reads the uninitialised padding of rows whose chroma width is not a multiple of 64), never for 128 or 640.
 RAW_ALIGN = 128
-FEATURE_NOISE = {"vit": 0.3, "wav2vec2": 0.6}
+FEATURE_NOISE = {"vit": 0.2, "wav2vec2": 0.6}
 STATE_DIMS = {"vit": len(DRAWN_AUS) + 2 + 4 + 6, "wav2vec2": 1 + 2 + 3}  # see _vit_state and _wav2vec2_state
 
 
@@ -360,7 +360,8 @@ def is_generated(out_dir, **params) -> bool:
     params = {key: value for key, value in params.items() if key not in ("workers", "progress")}
     wanted = {key: int(value) for key, value in dict(DEFAULTS, **params).items()}
     meta = _read_meta(out_dir)
-    if meta is None or not meta.get("complete") or meta.get("track") != TRACK or meta.get("params") != wanted:
+    if (meta is None or not meta.get("complete") or meta.get("version") != GENERATOR_VERSION
+            or meta.get("track") != TRACK or meta.get("params") != wanted):
         return False
     return all(os.path.exists(os.path.join(out_dir, name)) for name in OWNED_PATHS)
 
