@@ -263,8 +263,8 @@ def generate(out_dir, workers=None, progress=True, **params) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The set's parameters as flags of ``python -m datasets.synthetic ce`` (beside OUT_DIR, --workers and
-    --no-progress, which the command line adds for every set)."""
+    """The set's flags of ``python -m datasets.synthetic ce OUT_DIR``: its parameters, ``--workers`` and
+    ``--no-progress`` (each parsed into the keyword of :func:`generate` of its name)."""
     def bounded(key):
         def parse(text: str) -> int:
             try:
@@ -285,3 +285,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for key, text in helps.items():
         parser.add_argument("--" + key.replace("_", "-"), type=bounded(key), default=DEFAULTS[key],
                             help=f"{text} (default {DEFAULTS[key]})")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
