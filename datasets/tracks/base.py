@@ -2,8 +2,8 @@
 
 A track is one challenge's data set as released: where its files are and how to read them with their quirks, its
 label schema and missing codes, its metric, its submission writer (which re-reads and checks the file before it
-reports success) and its synthetic layout. Each is one module of :mod:`datasets.tracks` exposing an instance of a
-:class:`Track` class; the stages ask the track and never branch on its name.
+reports success) and the name of its synthetic version's generator. Each is one module of :mod:`datasets.tracks`
+exposing an instance of a :class:`Track` class; the stages ask the track and never branch on its name.
 
 Tracks of whole videos (EMI; A/H per video and per frame) describe each video as a :class:`VideoItem`: its face
 frames, its sound, the organisers' pre-extracted features and its transcript where given, and its label. The
@@ -77,7 +77,9 @@ class Track(Protocol):
     label_names: ClassVar[tuple[str, ...]]  # one per output column (classes, or regression targets)
     kind: ClassVar[str]  # "regression" (values in [0, 1]), "binary", "multiclass", "mtl"
     main_metric: ClassVar[str]  # the key of :meth:`metrics` that ranks entries
-    synthetic: ClassVar[str]  # the generator's name (python -m datasets.synthetic <synthetic> OUT_DIR)
+    # The generator of its synthetic version, in the released layout: datasets.synthetic.generate(<synthetic>, OUT_DIR)
+    # and python -m datasets.synthetic <synthetic> OUT_DIR (named, not imported: the generator reads the track's facts)
+    synthetic: ClassVar[str]
     submission_file: ClassVar[str]  # the name of the submission file a stage writes in its output folder
 
     def metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict:
@@ -86,9 +88,6 @@ class Track(Protocol):
     def write_submission(self, path: str, ids, predictions: np.ndarray) -> None:
         """Write the submission file of ``ids`` (the reference order) and re-read it, raising :class:`UserError`
         if what was read back differs from what was meant."""
-
-    def generate(self, out_dir: str, **params) -> dict:
-        """Write the synthetic version of the track in its released layout; returns the counts."""
 
 
 class VideoTrack(Track, Protocol):

@@ -23,7 +23,6 @@ sorted by id, predictions clipped to [0, 1] (Skyy93/CVPR2024_abaw ``infer_hume.p
 from __future__ import annotations
 
 import csv
-import importlib
 import math
 import os
 from typing import ClassVar
@@ -336,10 +335,6 @@ class EMITrack:
 
     # ---- synthetic data
 
-    def generate(self, out_dir: str, **params) -> dict:
-        """Write the synthetic EMI set (``datasets.synthetic.emi``). The generator imports this module's layout, so
-        it is found by its name here rather than imported, keeping the imports one way."""
-        return importlib.import_module(f"datasets.synthetic.{self.synthetic}").generate(out_dir, **params)
 
 
 TRACK = EMITrack()

@@ -54,10 +54,6 @@ class LSDTrack:
     def write_submission(self, path: str, ids, predictions: np.ndarray) -> None:
         write_lsd_predictions(path, ids, predictions)
 
-    def generate(self, out_dir: str, **params) -> dict:
-        from datasets import synthetic
-
-        return synthetic.generate("lsd", out_dir, **params)
 
 
 TRACK = LSDTrack()

@@ -69,10 +69,6 @@ class MTLTrack:
     def write_submission(self, path: str, ids, predictions: tuple) -> None:
         write_mtl_predictions(path, ids, *predictions)
 
-    def generate(self, out_dir: str, **params) -> dict:
-        from datasets import synthetic
-
-        return synthetic.generate("mtl", out_dir, **params)
 
 
 TRACK = MTLTrack()

@@ -57,10 +57,6 @@ class _SingleTaskTrack:
             if problem:
                 raise RuntimeError(f"{path}, line {number}: {problem}")
 
-    def generate(self, out_dir: str, **params) -> dict:
-        from datasets import synthetic
-
-        return synthetic.generate("tracks", out_dir, **params)
 
 
 class VATrack(_SingleTaskTrack):
