@@ -16,7 +16,8 @@ dropped with the generator's usual probability, an occasional extra AU). A video
 expressive, as in the real videos. The recordings come from ``datasets.synthetic.videos``: its head paths, backgrounds,
 pose, sound and features (a stretch where the person leaves the frame, no sound, a rotation flag, a variable frame rate;
 never two people, so that each video has one crop folder named after it), with the person's AU traces replaced by the
-compound episodes. The still images are single faces drawn in the videos' imaging style at ``size`` pixels.
+compound episodes. The still images are single faces drawn in the videos' imaging style and aligned as
+``main_prepare.py`` aligns the video crops (RAF-DB's images come aligned too), at ``size`` pixels.
 
 Regenerating into a folder also removes what ``main_prepare.py`` wrote there from the old videos (its crops would be
 stale). Same seed, same bytes, whatever the number of workers, for the images and the lists; the MP4 files of
@@ -36,6 +37,7 @@ import cv2
 import numpy as np
 
 from datasets.media import prepared
+from datasets.media.faces import align
 from datasets.synthetic import (
     AU_DROP_RATE,
     CIRCUMPLEX,
@@ -55,9 +57,8 @@ from datasets.synthetic.render import (
     render_face,
     sample_identity,
     sample_look,
-    sample_pose,
 )
-from datasets.synthetic.videos import _sound, features, plan_recording, render_frame, write_video
+from datasets.synthetic.videos import _landmarks_in_tile, _sound, features, plan_recording, render_frame, write_video
 from datasets.tracks.ce import (
     BASIC_PAIRS,
     CLASSES,
@@ -79,6 +80,8 @@ OWNED_PATHS = (VIDEOS_DIR, SAMPLE_FILE, TEST_LABEL_FILE, COMPOUND_DIR)
 # What main_prepare.py writes when the set's own folder is its output (the demo): stale once the videos change.
 PREPARED_PATHS = (prepared.CROPS, prepared.FACES, prepared.AUDIO, prepared.TIMES, prepared.VIDEOS_JSON, ".prepared",
                   ".staging")
+STILL_TILE = 128  # the compound stills are drawn at this size, then aligned to ``size``
+LANDMARK_NOISE = 0.01  # std of the landmarks' error before alignment, in tile units (about 1 pixel of 128)
 _CODE = 9  # this module's RNG stream, outside the other generators' codes (1 to 4, videos 6)
 _MIN = dict(videos=1, frames=10, width=64, height=64, per_class=1, size=32, seed=0)
 _MAX = dict(width=3840, height=2160, size=1024)
@@ -160,12 +163,17 @@ def _render_images(task: dict) -> int:
     cv2.setNumThreads(1)
     for index, compound, path in task["items"]:
         rng = np.random.default_rng([task["seed"], _CODE, 1, task["split_code"], index])
-        face, look, pose = sample_identity(rng, "video"), sample_look(rng, "video"), sample_pose(rng, "video")
+        face, look = sample_identity(rng, "video"), sample_look(rng, "video")
         au = np.zeros(len(DRAWN_AUS))
         apex = rng.uniform(0.6, 1.0)
         for au_number, gain in compound_aus(rng, compound).items():
             au[AU_COLUMN[au_number]] = np.clip(gain * apex + rng.normal(0.0, 0.05), 0.0, 1.0)
-        image = render_face(face, au, pose, look, task["size"], rng)
+        # Aligned as main_prepare.py aligns the video crops (and as RAF-DB's aligned images are): the face drawn
+        # upright, its 5 landmarks, off by a detector's few pixels, warped onto the crop template.
+        tile = STILL_TILE
+        drawn = render_face(face, au, (0.0, 1.0, 0.0, 0.0), look, tile, rng)
+        landmarks = _landmarks_in_tile(face, au) * tile + rng.normal(0.0, LANDMARK_NOISE * tile, (5, 2))
+        image = align(drawn, landmarks, task["size"])
         with open(path, "wb") as handle:
             handle.write(encode_jpeg(image, rng, "video"))
     return len(task["items"])
