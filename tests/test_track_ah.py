@@ -340,7 +340,7 @@ def _files(folder) -> dict:
 
 @pytest.mark.slow
 def test_synthetic_set_same_seed_same_bytes_whatever_the_workers(tmp_path):
-    params = {"videos": 6, "frames": 8, "size": 32, "seed": 5}
+    params = {"videos": 6, "frames": 20, "size": 32, "seed": 5}
     one = TRACK.generate(str(tmp_path / "one"), workers=1, progress=False, **params)
     synthetic_ah.generate(str(tmp_path / "two"), workers=2, progress=False, **params)
     first, second = _files(tmp_path / "one"), _files(tmp_path / "two")
@@ -360,7 +360,7 @@ def test_synthetic_set_reads_in_both_layouts_and_is_learnable(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     data = str(tmp_path / "ah")
-    summary = synthetic_ah.generate(data, videos=60, frames=24, size=64, seed=0, workers=2, progress=False)
+    summary = synthetic_ah.generate(data, videos=60, frames=24, size=48, seed=0, workers=2, progress=False)
     videos = {split: TRACK.read_split(data, split) for split in ("train", "val", "test")}
     frames = {split: FRAME_TRACK.read_split(data, split) for split in ("train", "val", "test")}
     assert [len(videos[split].items) for split in videos] == [36, 12, 12]

@@ -18,7 +18,8 @@ phone's rotation flag (stored turned, shown upright), some run at a variable fra
 
 A face counts as visible (to be found) when its box lies inside the frame. Same seed, same bytes: x264 encodes with
 one thread (with its default threads, the last, partial macroblock column of a 360-pixel-wide stored frame came out
-differently from run to run).
+differently from run to run) and without macroblock-tree rate control (its lookahead gave short clips different bytes
+in different processes).
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ def _encode(container, frames, times, rotation: int, sound, fps: float) -> None:
         stored = np.ascontiguousarray(np.rot90(image, k=-(rotation // 90))) if rotation else image
         if video is None:
             video = container.add_stream("libx264", rate=int(round(fps)),
-                                         options={"preset": "veryfast", "crf": "18", "threads": "1"})
+                                         options={"preset": "veryfast", "crf": "18", "threads": "1",
+                                                  "x264-params": "no-mbtree=1"})
             video.width, video.height, video.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
             video.codec_context.time_base = millisecond
             if rotation:
