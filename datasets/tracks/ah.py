@@ -37,6 +37,7 @@ Frame paths are relative to the data folder (or to its ``cropped-aligned-faces``
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -469,7 +470,8 @@ class AHFrameTrack(AHTrack):
         annotation_path = os.path.join(data_dir, FRAME_ANNOTATION)
         if not os.path.isfile(annotation_path):
             raise UserError(f"{annotation_path}: no such file (the frame labels of the A/H track)")
-        annotation = load_yaml(annotation_path)
+        stat = os.stat(annotation_path)
+        annotation = _load_annotation(annotation_path, stat.st_mtime_ns, stat.st_size)
         if not isinstance(annotation, dict):
             raise UserError(f"{annotation_path}: expected a mapping from video path to its annotation")
         videos = {}
@@ -504,6 +506,13 @@ class AHFrameTrack(AHTrack):
 
     def read_submission(self, path: str, reference_ids=None) -> tuple[list[str], np.ndarray]:
         return read_frame_submission(path, reference_ids)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_annotation(path: str, mtime_ns: int, size: int):
+    """``annotation.yml`` once for the train and val splits (a released file of 295,526 frames takes seconds to
+    parse); the file's time and size are part of the key, so a changed file is read again."""
+    return load_yaml(path)
 
 
 def _frames_root(data_dir: str, some_frames: list[str]) -> str:
