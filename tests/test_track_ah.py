@@ -410,3 +410,21 @@ def test_synthetic_set_reads_in_both_layouts_and_is_learnable(tmp_path):
     faces = LogisticRegression(class_weight="balanced").fit(train_x, train_frames)
     constant = max(f1_score(val_frames, np.full_like(val_frames, value), average="macro") for value in (0, 1))
     assert f1_score(val_frames, faces.predict(val_x), average="macro") >= constant + 0.1
+
+
+def test_generator_flags_default_to_its_parameters_and_foreign_data_is_refused(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    synthetic_ah.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "out")])
+    assert {key: getattr(args, key) for key in synthetic_ah.DEFAULTS} == synthetic_ah.DEFAULTS
+    assert args.workers is None and not args.no_progress
+    with pytest.raises(UserError, match="unknown parameters per_class"):
+        synthetic_ah.generate(str(tmp_path / "out"), per_class=3)
+    with pytest.raises(UserError, match="frames must be at least 8"):
+        synthetic_ah.generate(str(tmp_path / "out"), frames=4)
+    _touch(str(tmp_path / "real" / "split" / "train.txt"), f"{V1},1,Yes.\n".encode())
+    with pytest.raises(UserError, match="already holds split that this generator did not write"):
+        synthetic_ah.generate(str(tmp_path / "real"), videos=3, frames=8, size=32, progress=False)
+    assert (tmp_path / "real" / "split" / "train.txt").read_text() == f"{V1},1,Yes.\n"
