@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from datasets import synthetic
 from datasets.synthetic import ah as synthetic_ah
 from datasets.tracks import ah
 from datasets.tracks.ah import FRAME_TRACK, TRACK
@@ -249,9 +250,11 @@ def test_frame_level_reads_annotation_split_and_example_submission(tmp_path):
     test = FRAME_TRACK.read_split(data, "test")
     assert test.ids == [F3, F1]  # the example file's order
     assert test.items[0].frame_ids == [f"{F3}/frame-0.jpg", f"{F3}/frame-1.jpg"]
-    assert test.items[0].frame_labels.tolist() == [-1, -1]  # no test labels
+    assert test.items[0].frame_labels is None  # the example's labels are placeholders
     _touch(os.path.join(data, "test_labels.txt"), f"{F3}/frame-0.jpg,1\n{F3}/frame-1.jpg,0\n".encode())
-    assert FRAME_TRACK.read_split(data, "test").items[0].frame_labels.tolist() == [1, 0]
+    labelled = FRAME_TRACK.read_split(data, "test")
+    assert labelled.items[0].frame_labels.tolist() == [1, 0]
+    assert labelled.items[1].frame_labels.tolist() == [-1]  # a frame the label file does not list
 
 
 def test_frame_level_video_not_in_the_annotation_is_an_id_without_a_video(tmp_path):
@@ -341,14 +344,14 @@ def _files(folder) -> dict:
 @pytest.mark.slow
 def test_synthetic_set_same_seed_same_bytes_whatever_the_workers(tmp_path):
     params = {"videos": 6, "frames": 20, "size": 32, "seed": 5}
-    one = TRACK.generate(str(tmp_path / "one"), workers=1, progress=False, **params)
+    one = synthetic.generate(TRACK.synthetic, str(tmp_path / "one"), workers=1, progress=False, **params)
     synthetic_ah.generate(str(tmp_path / "two"), workers=2, progress=False, **params)
     first, second = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert first.keys() == second.keys() and all(first[name] == second[name] for name in first)
     assert one["counts"]["videos"] == {"train": 4, "val": 1, "test": 1}
     assert one["counts"]["images"] == sum(name.endswith(".jpg") and name.startswith("cropped-aligned-faces/Videos")
                                           for name in first)
-    assert synthetic_ah.is_generated(str(tmp_path / "one"), **params)
+    assert synthetic.is_generated(str(tmp_path / "one"), "ah", **params)
     assert not synthetic_ah.is_generated(str(tmp_path / "one"), **dict(params, seed=6))
     other = synthetic_ah.generate(str(tmp_path / "three"), workers=1, progress=False, **dict(params, seed=6))
     assert other["counts"]["images"] and _files(tmp_path / "three") != first

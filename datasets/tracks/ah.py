@@ -29,7 +29,8 @@ Frame level (:data:`FRAME_TRACK`, ``--track ah_frame``), the ABAW8 release::
     default-split/train.txt, default-split/val.txt     the video paths of each split, one a line
     videos/<video path>         the recordings
     trial-0.txt                 the organisers' example submission: frame_path,label for every test frame (the
-                                test's reference order); test_labels.txt the same with true labels (synthetic only)
+                                test's reference order; its labels are placeholders, read as unknown: frame_labels
+                                None); test_labels.txt the same with true labels (synthetic only)
 
 Frame paths are relative to the data folder (or to its ``cropped-aligned-faces``, whichever holds them). Metric
 (both): macro F1 over the two classes of ``p1 >= threshold``.
@@ -340,8 +341,8 @@ class AHTrack:
     label_names = ("ambivalence/hesitancy",)
     kind = "binary"
     main_metric = "f1_macro"
-    synthetic = "ah"
-    submission_file = "trial-0.txt"  # the first of the five tries; rename for the others
+    synthetic = "ah"  # datasets.synthetic.ah: both layouts in one folder
+    submission_file = "trial-0.txt"  # the first of the challenge's five tries (trial_name(k) for the others)
 
     @staticmethod
     def split_file(data_dir: str, split: str) -> str:
@@ -405,13 +406,6 @@ class AHTrack:
 
     trial_name = staticmethod(trial_name)
 
-    def generate(self, out_dir: str, **params) -> dict:
-        """The synthetic set of ``datasets.synthetic.<synthetic>``, found by name: that generator reads this
-        module's layout, so this module does not import it."""
-        import importlib
-
-        return importlib.import_module(f"datasets.synthetic.{self.synthetic}").generate(out_dir, **params)
-
 
 class AHFrameTrack(AHTrack):
     """Ambivalence/Hesitancy per frame (ABAW8): one binary label per frame, macro F1 over all frames."""
@@ -439,13 +433,14 @@ class AHFrameTrack(AHTrack):
             raise UserError(f"{source}: no such file (the {split} split of the frame-level A/H track)")
         if split == "test":
             frame_paths, _ = read_frame_submission(source)
-            truth = {}
+            truth = None  # the example's labels are placeholders: unknown, unless the synthetic label file exists
             label_file = os.path.join(data_dir, TEST_LABEL_FILE)
             if os.path.isfile(label_file):
                 truth = dict(zip(*read_frame_submission(label_file)))
             videos: dict[str, list] = {}
             for frame in frame_paths:
-                videos.setdefault(os.path.dirname(frame), []).append((frame, truth.get(frame, FRAME_MISSING)))
+                label = FRAME_MISSING if truth is None else truth.get(frame, FRAME_MISSING)
+                videos.setdefault(os.path.dirname(frame), []).append((frame, label))
         else:
             videos = self._annotated_videos(data_dir, source)
         root = _frames_root(data_dir, [pairs[0][0] for pairs in videos.values() if pairs])
@@ -459,10 +454,11 @@ class AHFrameTrack(AHTrack):
                     raise UserError(f"{source}: frame path {frame!r} does not end in frame-N.jpg")
                 numbers.append(int(match.group(1)) + 1)
             video_file = os.path.join(data_dir, FRAME_VIDEOS_DIR, video)
+            labels = np.asarray([label for _, label in pairs], np.int64)
             items.append(VideoItem(
                 id=video, frames=frames, frames_root=root, frame_numbers=np.asarray(numbers, np.int64),
                 audio=video_file if os.path.isfile(video_file) else None,
-                frame_labels=np.asarray([label for _, label in pairs], np.int64), frame_ids=list(frames)))
+                frame_labels=None if split == "test" and truth is None else labels, frame_ids=list(frames)))
         return VideoSplit(items, source)
 
     @staticmethod
