@@ -415,19 +415,21 @@ def test_synthetic_set_reads_in_both_layouts_and_is_learnable(tmp_path):
     assert f1_score(val_frames, faces.predict(val_x), average="macro") >= constant + 0.1
 
 
-def test_generator_flags_default_to_its_parameters_and_foreign_data_is_refused(tmp_path):
-    import argparse
+def test_generator_command_line_writes_the_set_and_refuses_foreign_data(tmp_path, capsys):
+    from datasets.synthetic import cli
 
-    parser = argparse.ArgumentParser()
-    synthetic_ah.add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / "out")])
-    assert {key: getattr(args, key) for key in synthetic_ah.DEFAULTS} == synthetic_ah.DEFAULTS
-    assert args.workers is None and not args.no_progress
+    out = tmp_path / "out"
+    assert cli.main(["ah", str(out), "--videos", "3", "--frames", "8", "--size", "32", "--workers", "1",
+                     "--no-progress"]) == 0
+    assert "synthetic ah: wrote" in capsys.readouterr().out
+    assert synthetic.is_generated(str(out), "ah", videos=3, frames=8, size=32)
+    assert TRACK.read_split(str(out), "train").ids and FRAME_TRACK.read_split(str(out), "test").ids
+    with pytest.raises(SystemExit):
+        cli.main(["ah", str(out), "--frames", "4"])
+    assert "--frames: must be at least 8" in capsys.readouterr().err
     with pytest.raises(UserError, match="unknown parameters per_class"):
-        synthetic_ah.generate(str(tmp_path / "out"), per_class=3)
-    with pytest.raises(UserError, match="frames must be at least 8"):
-        synthetic_ah.generate(str(tmp_path / "out"), frames=4)
+        synthetic_ah.generate(str(tmp_path / "other"), per_class=3)
     _touch(str(tmp_path / "real" / "split" / "train.txt"), f"{V1},1,Yes.\n".encode())
-    with pytest.raises(UserError, match="already holds split that this generator did not write"):
-        synthetic_ah.generate(str(tmp_path / "real"), videos=3, frames=8, size=32, progress=False)
+    assert cli.main(["ah", str(tmp_path / "real"), "--videos", "3", "--frames", "8", "--no-progress"]) == 2
+    assert "already holds split that this generator did not write" in capsys.readouterr().err
     assert (tmp_path / "real" / "split" / "train.txt").read_text() == f"{V1},1,Yes.\n"

@@ -34,6 +34,7 @@ Same seed, same bytes, whatever the number of workers: every random choice comes
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -44,6 +45,7 @@ import numpy as np
 
 from datasets.synthetic import (
     GENERATOR_VERSION,
+    MIN_SIZE,
     _check_params,
     _finish,
     _read_meta,
@@ -359,15 +361,29 @@ def generate(out_dir, workers=None, progress=True, **params) -> dict:
     return _finish(out_dir, NAME, params, counts, start_time, workers_used)
 
 
-def add_arguments(parser) -> None:
-    """The set's flags on an ``argparse`` sub-parser (``python -m datasets.synthetic ah``)."""
-    parser.add_argument("out_dir")
-    parser.add_argument("--videos", type=int, default=DEFAULTS["videos"],
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The set's flags after OUT_DIR (``python -m datasets.synthetic ah OUT_DIR ...``); each flag's destination is
+    a keyword of :func:`generate`."""
+    parser.add_argument("--videos", type=_at_least(3), default=DEFAULTS["videos"],
                         help=f"videos, split about 60/20/20 into train/val/test (default {DEFAULTS['videos']})")
-    parser.add_argument("--frames", type=int, default=DEFAULTS["frames"],
+    parser.add_argument("--frames", type=_at_least(8), default=DEFAULTS["frames"],
                         help=f"mean frames per video (two a second); each has 0.75x to 1.25x that many "
                              f"(default {DEFAULTS['frames']})")
-    parser.add_argument("--size", type=int, default=DEFAULTS["size"], help="crop side in pixels (default 112)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="same seed, same bytes (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--size", type=_at_least(MIN_SIZE), default=DEFAULTS["size"],
+                        help=f"crop side in pixels (default {DEFAULTS['size']})")
+    parser.add_argument("--seed", type=_at_least(0), default=DEFAULTS["seed"], help="same seed, same bytes (default 0)")
+    parser.add_argument("--workers", type=_at_least(1), default=None, help="processes (default: all cores)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
