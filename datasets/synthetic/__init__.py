@@ -672,11 +672,13 @@ def _read_meta(out_dir) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _prepare_out_dir(out_dir, track: str, params: dict):
-    """Ready ``out_dir``: refuse foreign data, clear an earlier synthetic set of this track, mark it in progress."""
+def _prepare_out_dir(out_dir, track: str, params: dict, owned_paths=None):
+    """Ready ``out_dir``: refuse foreign data, clear an earlier synthetic set of this track, mark it in progress.
+    ``owned_paths``: the top-level names the track's generator writes (a generator module's ``OWNED_PATHS``)."""
     os.makedirs(out_dir, exist_ok=True)
     meta = _read_meta(out_dir)
-    owned = [name for name in _OWNED_PATHS[track] if os.path.exists(os.path.join(out_dir, name))]
+    owned_paths = _OWNED_PATHS[track] if owned_paths is None else owned_paths
+    owned = [name for name in owned_paths if os.path.exists(os.path.join(out_dir, name))]
     if meta is None and owned:
         raise UserError(f"{out_dir} already holds {owned[0]} that this generator did not write; "
                         f"choose an empty or new folder for synthetic data")
@@ -731,13 +733,18 @@ def is_generated(out_dir, track, **params) -> bool:
     unknown = set(params) - set(DEFAULTS[track])
     if unknown:
         raise TypeError(f"is_generated({track!r}) got unknown parameters {sorted(unknown)}")
-    wanted = dict(DEFAULTS[track], **params)
+    return is_complete(out_dir, track, dict(DEFAULTS[track], **params), _OWNED_PATHS[track])
+
+
+def is_complete(out_dir, track: str, wanted: dict, owned_paths) -> bool:
+    """Whether ``out_dir`` holds a finished ``track`` set of this generator version made with the parameters
+    ``wanted`` (every one given), with each of ``owned_paths`` present."""
     meta = _read_meta(out_dir)
     if meta is None or not meta.get("complete") or meta.get("version") != GENERATOR_VERSION:
         return False
     if meta.get("track") != track or meta.get("params") != {key: int(value) for key, value in wanted.items()}:
         return False
-    return all(os.path.exists(os.path.join(out_dir, name)) for name in _OWNED_PATHS[track])
+    return all(os.path.exists(os.path.join(out_dir, name)) for name in owned_paths)
 
 
 def generate(track: str, out_dir, **params) -> dict:

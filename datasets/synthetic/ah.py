@@ -44,13 +44,12 @@ import cv2
 import numpy as np
 
 from datasets.synthetic import (
-    GENERATOR_VERSION,
     MIN_SIZE,
     _check_params,
     _finish,
-    _read_meta,
+    _prepare_out_dir,
     _run_tasks,
-    _write_meta,
+    is_complete,
     plan_video,
     split_sizes,
 )
@@ -269,36 +268,13 @@ def _write_video_files(task: dict) -> int:
     return answer["frames"]
 
 
-def _prepare_out_dir(out_dir: str, params: dict) -> None:
-    """As ``datasets.synthetic._prepare_out_dir`` for this set's paths: refuse foreign data, clear an earlier A/H
-    set, mark the folder in progress."""
-    os.makedirs(out_dir, exist_ok=True)
-    meta = _read_meta(out_dir)
-    owned = [name for name in OWNED_PATHS if os.path.exists(os.path.join(out_dir, name))]
-    if meta is None and owned:
-        raise UserError(f"{out_dir} already holds {owned[0]} that this generator did not write; "
-                        f"choose an empty or new folder for synthetic data")
-    if meta is not None and meta.get("track") != NAME:
-        raise UserError(f"{out_dir} holds a synthetic {meta.get('track')} set; use another folder for the {NAME} set")
-    for name in owned:
-        path = os.path.join(out_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    _write_meta(out_dir, NAME, params, counts=None, complete=False)
-
-
 def is_generated(out_dir: str, **params) -> bool:
     """True when ``out_dir`` holds a complete synthetic A/H set made with ``params`` (defaults fill the rest)."""
     params = {key: value for key, value in params.items() if key not in ("workers", "progress")}
     unknown = set(params) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"is_generated({NAME!r}) got unknown parameters {sorted(unknown)}")
-    wanted = {key: int(value) for key, value in dict(DEFAULTS, **params).items()}
-    meta = _read_meta(out_dir)
-    if meta is None or not meta.get("complete") or meta.get("version") != GENERATOR_VERSION:
-        return False
-    if meta.get("track") != NAME or meta.get("params") != wanted:
-        return False
-    return all(os.path.exists(os.path.join(out_dir, name)) for name in OWNED_PATHS)
+    return is_complete(out_dir, NAME, dict(DEFAULTS, **params), OWNED_PATHS)
 
 
 def generate(out_dir, workers=None, progress=True, **params) -> dict:
@@ -312,7 +288,7 @@ def generate(out_dir, workers=None, progress=True, **params) -> dict:
         raise UserError(f"synthetic {NAME}: frames must be at least 8, got {params['frames']}")
     videos, frames, size, seed = params["videos"], params["frames"], params["size"], params["seed"]
     start_time = time.perf_counter()
-    _prepare_out_dir(out_dir, params)
+    _prepare_out_dir(out_dir, NAME, params, OWNED_PATHS)
     names = _names(seed, videos)
     splits, positive = _splits(seed, videos)
     answers = [plan_answer(seed, index, frames, bool(positive[index])) for index in range(videos)]

@@ -32,13 +32,12 @@ import fractions
 import io
 import os
 import pickle
-import shutil
 import time
 
 import cv2
 import numpy as np
 
-from datasets.synthetic import GENERATOR_VERSION, _finish, _read_meta, _run_tasks, _write_meta, plan_video, split_sizes
+from datasets.synthetic import _finish, _prepare_out_dir, _run_tasks, is_complete, plan_video, split_sizes
 from datasets.synthetic.render import DRAWN_AUS, encode_jpeg, render_face
 from datasets.synthetic.sound import SAMPLE_RATE, TRACE_RATE, render_sound
 from datasets.synthetic.videos import write_video
@@ -283,23 +282,6 @@ def _raw_frame(image: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(image, before, after, before, after, cv2.BORDER_REPLICATE)
 
 
-def _prepare(out_dir: str, params: dict) -> None:
-    """Ready ``out_dir`` as ``datasets.synthetic`` does for its sets: refuse foreign data, clear an earlier EMI set,
-    mark this one in progress."""
-    os.makedirs(out_dir, exist_ok=True)
-    meta = _read_meta(out_dir)
-    owned = [name for name in OWNED_PATHS if os.path.exists(os.path.join(out_dir, name))]
-    if meta is None and owned:
-        raise UserError(f"{out_dir} already holds {owned[0]} that this generator did not write; "
-                        f"choose an empty or new folder for synthetic data")
-    if meta is not None and meta.get("track") != TRACK:
-        raise UserError(f"{out_dir} holds a synthetic {meta.get('track')} set; use another folder for the {TRACK} set")
-    for name in owned:
-        path = os.path.join(out_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    _write_meta(out_dir, TRACK, params, counts=None, complete=False)
-
-
 def _check(videos, frames, size, seed) -> dict:
     params = {"videos": videos, "frames": frames, "size": size, "seed": seed}
     for key, value in params.items():
@@ -323,7 +305,7 @@ def generate(out_dir, workers=None, progress=True, **params) -> dict:
         raise TypeError(f"synthetic {TRACK}: unknown parameters {sorted(unknown)}")
     params = _check(**dict(DEFAULTS, **params))
     start_time = time.perf_counter()
-    _prepare(out_dir, params)
+    _prepare_out_dir(out_dir, TRACK, params, OWNED_PATHS)
     videos, seed = params["videos"], params["seed"]
     n_train, n_val, n_test = split_sizes(videos)
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
@@ -358,12 +340,7 @@ def is_generated(out_dir, **params) -> bool:
     """True when ``out_dir`` holds a complete synthetic EMI set made with ``params`` (``DEFAULTS`` fill the rest;
     ``workers`` and ``progress`` are ignored: they do not change the data)."""
     params = {key: value for key, value in params.items() if key not in ("workers", "progress")}
-    wanted = {key: int(value) for key, value in dict(DEFAULTS, **params).items()}
-    meta = _read_meta(out_dir)
-    if (meta is None or not meta.get("complete") or meta.get("version") != GENERATOR_VERSION
-            or meta.get("track") != TRACK or meta.get("params") != wanted):
-        return False
-    return all(os.path.exists(os.path.join(out_dir, name)) for name in OWNED_PATHS)
+    return is_complete(out_dir, TRACK, dict(DEFAULTS, **params), OWNED_PATHS)
 
 
 def _positive_int(low: int):
