@@ -20,9 +20,7 @@ compound episodes. The still images are single faces drawn in the videos' imagin
 ``main_prepare.py`` aligns the video crops (RAF-DB's images come aligned too), at ``size`` pixels.
 
 Regenerating into a folder also removes what ``main_prepare.py`` wrote there from the old videos (its crops would be
-stale). Same seed, same bytes, whatever the number of workers, for the images and the lists; the MP4 files of
-``datasets.synthetic.videos.write_video`` at small frame sizes (320 x 180) are not byte-identical from run to run
-(their pictures decode slightly differently), while those at 640 x 360 are.
+stale). Same seed, same bytes, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -44,11 +42,12 @@ from datasets.synthetic import (
     EXTRA_AU_RATE,
     PROTOTYPES,
     _finish,
+    _prepare_out_dir,
     _read_meta,
     _run_tasks,
     _segment_bounds,
     _smooth_noise,
-    _write_meta,
+    is_complete,
 )
 from datasets.synthetic.render import (
     AU_COLUMN,
@@ -198,32 +197,23 @@ def check_params(**params) -> dict:
 
 
 def _ready_out_dir(out_dir: str, params: dict) -> None:
-    """Refuse a folder holding data this generator did not write; clear an earlier set (and crops made of its videos);
-    mark the set in progress."""
-    os.makedirs(out_dir, exist_ok=True)
+    """The generator's folder rules (``datasets.synthetic._prepare_out_dir``), and an earlier CE set's crops that
+    ``main_prepare.py`` made in the same folder removed with its videos."""
     meta = _read_meta(out_dir)
-    owned = [name for name in OWNED_PATHS if os.path.exists(os.path.join(out_dir, name))]
-    if meta is None and owned:
-        raise UserError(f"{out_dir} already holds {owned[0]} that this generator did not write; choose an empty or "
-                        f"new folder for synthetic data")
-    if meta is not None and meta.get("track") != TRACK:
-        raise UserError(f"{out_dir} holds a synthetic {meta.get('track')} set; use another folder for the ce set")
-    for name in owned + [name for name in PREPARED_PATHS if meta is not None]:
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-    _write_meta(out_dir, TRACK, params, counts=None, complete=False)
+    if meta is not None and meta.get("track") == TRACK:
+        for name in PREPARED_PATHS:
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    _prepare_out_dir(out_dir, TRACK, params, OWNED_PATHS)
 
 
 def is_generated(out_dir: str, **params) -> bool:
     """Whether ``out_dir`` holds a complete synthetic CE set made with ``params`` (defaults fill the rest)."""
     params = {key: value for key, value in params.items() if key not in ("workers", "progress")}
-    meta = _read_meta(out_dir)
-    return (meta is not None and meta.get("complete") is True and meta.get("track") == TRACK
-            and meta.get("params") == check_params(**params)
-            and all(os.path.exists(os.path.join(out_dir, name)) for name in OWNED_PATHS))
+    return is_complete(out_dir, TRACK, check_params(**params), OWNED_PATHS)
 
 
 def generate(out_dir, workers=None, progress=True, **params) -> dict:

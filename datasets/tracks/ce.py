@@ -193,7 +193,8 @@ class CETrack:
     label_names: ClassVar[tuple[str, ...]] = CLASSES
     kind: ClassVar[str] = "multiclass"
     main_metric: ClassVar[str] = "f1_macro"
-    synthetic: ClassVar[str] = "ce"
+    synthetic: ClassVar[str] = "ce"  # datasets.synthetic.ce: raw videos, the sample file, compound image folders
+    submission_file: ClassVar[str] = "test_predictions.txt"
     basic_pairs: ClassVar[tuple] = BASIC_PAIRS
 
     def metrics(self, predicted_classes, labels) -> dict:
@@ -235,12 +236,6 @@ class CETrack:
 
     def read_submission(self, path: str, sample_frames) -> np.ndarray:
         return read_submission(path, sample_frames)
-
-    def generate(self, out_dir: str, **params) -> dict:
-        """The synthetic CE set (``datasets.synthetic.ce``), through the generator's registry."""
-        from datasets import synthetic
-
-        return synthetic.generate(self.synthetic, out_dir, **params)
 
 
 TRACK = CETrack()

@@ -291,7 +291,7 @@ class CETask(LSDTask):
         if test_outputs is not None:
             frames = self._test_list[0]
             classes = self.fill_test(test_outputs, test_seen)
-            path = os.path.join(out_dir, "test_predictions.txt")
+            path = os.path.join(out_dir, TRACK.submission_file)
             TRACK.write_submission(path, frames, classes)
             log(f"wrote {path} ({len(frames)} rows)")
             test = self.test_metrics(classes, frames)
