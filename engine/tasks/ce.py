@@ -134,10 +134,9 @@ class CETask(LSDTask):
     @staticmethod
     def prepare_demo(args) -> None:
         """Prepare the demo set's videos (``main_prepare.py``'s stage; videos already prepared are skipped)."""
-        from engine import demo
         from engine.tasks.prepare import build_parser, prepare
 
-        root = args.data_dir if "data_dir" in args.typed else demo.data_root(CETask)
+        root = args.data_dir  # the demo's synthetic set, or the folder typed with --data-dir
         videos = os.path.join(root, "videos")
         if not os.path.isdir(videos):
             return
@@ -209,7 +208,10 @@ class CETask(LSDTask):
         (``videos.json``), else None."""
         with os.scandir(crops) as entries:
             existing = {entry.name for entry in entries if entry.is_dir()}
-        records = prepared.read_videos(self.args.data_dir)
+        try:
+            records = prepared.read_videos(self.args.data_dir)
+        except ValueError as error:
+            raise UserError(str(error)) from None
         folder_of = {}
         for video in videos:
             tracks = (records.get(video) or {}).get("tracks") or {}
