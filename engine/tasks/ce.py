@@ -97,8 +97,7 @@ class CETask(LSDTask):
     # LSD's recipe for CoTEX fine-tuning from MAE weights (the compound folders are images of faces, as LSD's).
     defaults = dict(LSDTask.defaults, output_dir="runs/ce")
     # One ViT of the demo's small hybrid size, no patch dropping: 400 still images per class train it in seconds per
-    # epoch (150 a class stayed near chance for 8 epochs). Its validation (compound stills) is not its test's domain
-    # (video crops), so no --bn-adapt.
+    # epoch. Its validation (compound stills) is not its test's domain (video crops), so no --bn-adapt.
     demo_run = dict(img_size=48, blr=1e-3, warmup_epochs=0.3, epochs=10, output_dir="runs/demo_ce", vit_num=1,
                     mask_ratio=0.0, stem_blocks=[1])
     demo_data = dict(synthetic="ce",
