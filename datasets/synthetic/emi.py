@@ -49,6 +49,7 @@ from datasets.tracks.emi import (
     LABEL_NAMES,
     RAW_DIR,
     TEST_DIR,
+    TEST_LABEL_FILE,
     padded,
 )
 from utils.abaw import EXPR_NAMES
@@ -57,7 +58,6 @@ from utils.errors import UserError
 
 TRACK = "emi"  # the name in synthetic_meta.json
 DEFAULTS = {"videos": 100, "frames": 32, "size": 112, "seed": 0}
-TEST_LABEL_FILE = "test_labels.csv"
 FEATURE_DIMS = {"vit": 32, "wav2vec2": 48}
 OWNED_PATHS = (LABEL_FILES["train"], LABEL_FILES["val"], TEST_LABEL_FILE, FACES_DIR, AUDIO_DIR, *FEATURE_DIMS,
                TEST_DIR)
