@@ -54,7 +54,7 @@ def run_entry(script, *args, env=None, timeout=300, check=True):
 
 
 ENTRY_TRACKS = {"main_mtl.py": "mtl", "main_lsd.py": "lsd", "main_pretrain.py": "pretrain",
-                "main_temporal.py": "temporal", "main_video.py": "video"}
+                "main_temporal.py": "temporal", "main_video.py": "video", "main_ce.py": "ce"}
 
 
 def run_main(capsys, script, *args, check=True):
