@@ -183,13 +183,13 @@ class VideoTask:
             return
         from engine.cli import parse_args
         from engine.runner import train
-        from engine.tasks import task_class
+        from engine.tasks.mtl import MTLTask
 
         argv = ["--demo", "--output-dir", os.path.dirname(os.path.dirname(args.backbone_ckpt)), "--seed",
                 str(args.seed), "--device", args.device, "--precision", args.precision]
         log(f"no backbone at {args.backbone_ckpt}: training the MTL demo first (main_mtl.py {' '.join(argv)})")
         backbone_args = parse_args("mtl", "", argv)
-        demo.configure(backbone_args, task_class("mtl"))  # its data set, generated once
+        demo.configure(backbone_args, MTLTask)  # its data set, generated once
         train(backbone_args)
 
     # ---- the runtime
