@@ -48,26 +48,36 @@ def class_index(folder: str) -> int:
 
 
 class ClassFolders:
-    """Images of a split as relative paths ``<CLASS folder>/<file>`` and their class indices."""
+    """Images of a split as relative paths ``<CLASS folder>/<file>`` and their class indices. A track with other
+    classes subclasses it with its own ``class_index``, class names and wording (``datasets.tracks.ce``)."""
+
+    classes = CLASSES
+    what = "LSD split"  # in messages
+    missing_hint = "check --data-dir and the split folder flags"
+
+    @staticmethod
+    def class_index(folder: str) -> int:
+        return class_index(folder)
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
-            raise UserError(f"LSD split folder not found: {root}; check --data-dir and the split folder flags")
+            raise UserError(f"{self.what} folder not found: {root}; {self.missing_hint}")
         self.root = root
         images, labels = [], []
         with os.scandir(root) as entries:
             folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
         seen = {}
         for folder in folders:
-            index = class_index(folder)
+            index = self.class_index(folder)
             if index in seen:
-                raise UserError(f"{root}: folders {seen[index]!r} and {folder!r} both name class {CLASSES[index]}")
+                raise UserError(f"{root}: folders {seen[index]!r} and {folder!r} both name class "
+                                f"{self.classes[index]}")
             seen[index] = folder
             names = list_image_folder(os.path.join(root, folder))
             images += [f"{folder}/{name}" for name in names]
             labels += [index] * len(names)
         if not images:
-            raise UserError(f"LSD split {root} holds no image (expected <CLASS>/<name>.jpg)")
+            raise UserError(f"{self.what} {root} holds no image (expected <class folder>/<name>.jpg)")
         self.images = np.array(images, dtype=object)
         self.labels = np.array(labels, dtype=np.int64)
 
@@ -76,7 +86,7 @@ class ClassFolders:
 
     def class_counts(self) -> np.ndarray:
         """Images per class, in class-index order (for balanced sampling or loss weights)."""
-        return np.bincount(self.labels, minlength=NUM_CLASSES)
+        return np.bincount(self.labels, minlength=len(self.classes))
 
 
 class LSDDataset(Dataset):

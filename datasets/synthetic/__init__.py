@@ -709,6 +709,23 @@ def _lines(lines: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bounded_int(low: int, high: int | None = None):
+    """An argparse type: an integer of at least ``low`` (and at most ``high``), else a one-line message."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
 # The video-level and compound-expression tracks: each generator is a module of this package with its own
 # ``DEFAULTS``, ``generate``, ``is_generated`` and ``add_arguments`` (its command-line flags).
 TRACK_MODULES = ("emi", "ah", "ce")

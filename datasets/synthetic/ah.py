@@ -49,6 +49,7 @@ from datasets.synthetic import (
     _finish,
     _prepare_out_dir,
     _run_tasks,
+    bounded_int,
     is_complete,
     plan_video,
     split_sizes,
@@ -337,29 +338,17 @@ def generate(out_dir, workers=None, progress=True, **params) -> dict:
     return _finish(out_dir, NAME, params, counts, start_time, workers_used)
 
 
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The set's flags after OUT_DIR (``python -m datasets.synthetic ah OUT_DIR ...``); each flag's destination is
     a keyword of :func:`generate`."""
-    parser.add_argument("--videos", type=_at_least(3), default=DEFAULTS["videos"],
+    parser.add_argument("--videos", type=bounded_int(3), default=DEFAULTS["videos"],
                         help=f"videos, split about 60/20/20 into train/val/test (default {DEFAULTS['videos']})")
-    parser.add_argument("--frames", type=_at_least(8), default=DEFAULTS["frames"],
+    parser.add_argument("--frames", type=bounded_int(8), default=DEFAULTS["frames"],
                         help=f"mean frames per video (two a second); each has 0.75x to 1.25x that many "
                              f"(default {DEFAULTS['frames']})")
-    parser.add_argument("--size", type=_at_least(MIN_SIZE), default=DEFAULTS["size"],
+    parser.add_argument("--size", type=bounded_int(MIN_SIZE), default=DEFAULTS["size"],
                         help=f"crop side in pixels (default {DEFAULTS['size']})")
-    parser.add_argument("--seed", type=_at_least(0), default=DEFAULTS["seed"], help="same seed, same bytes (default 0)")
-    parser.add_argument("--workers", type=_at_least(1), default=None, help="processes (default: all cores)")
+    parser.add_argument("--seed", type=bounded_int(0), default=DEFAULTS["seed"],
+                        help="same seed, same bytes (default 0)")
+    parser.add_argument("--workers", type=bounded_int(1), default=None, help="processes (default: all cores)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -47,6 +47,7 @@ from datasets.synthetic import (
     _run_tasks,
     _segment_bounds,
     _smooth_noise,
+    bounded_int,
     is_complete,
 )
 from datasets.synthetic.render import (
@@ -263,25 +264,13 @@ def generate(out_dir, workers=None, progress=True, **params) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The set's flags of ``python -m datasets.synthetic ce OUT_DIR``: its parameters, ``--workers`` and
     ``--no-progress`` (each parsed into the keyword of :func:`generate` of its name)."""
-    def bounded(key):
-        def parse(text: str) -> int:
-            try:
-                value = int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-            if value < _MIN[key] or value > _MAX.get(key, value):
-                raise argparse.ArgumentTypeError(f"must be at least {_MIN[key]}"
-                                                 + (f" and at most {_MAX[key]}" if key in _MAX else "")
-                                                 + f", got {value}")
-            return value
-        return parse
 
     helps = dict(videos="number of test videos, named 01, 02, ...", frames="frames per video",
                  width="frame width in pixels", height="frame height in pixels",
                  per_class="training images per compound class; validation gets about a quarter",
                  size="side of the compound images in pixels", seed="same seed, same bytes")
     for key, text in helps.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=bounded(key), default=DEFAULTS[key],
-                            help=f"{text} (default {DEFAULTS[key]})")
+        parser.add_argument("--" + key.replace("_", "-"), type=bounded_int(_MIN[key], _MAX.get(key)),
+                            default=DEFAULTS[key], help=f"{text} (default {DEFAULTS[key]})")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

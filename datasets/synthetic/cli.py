@@ -16,23 +16,9 @@ import argparse
 import sys
 
 from datasets import synthetic
-from datasets.synthetic import DEFAULTS, MAX_SIZE, MIN_SIZE
+from datasets.synthetic import DEFAULTS, MAX_SIZE, MIN_SIZE, bounded_int
 from datasets.synthetic.videos import DEFAULTS as VIDEO_DEFAULTS
 from utils.errors import UserError
-
-
-def _bounded_int(low: int, high: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,41 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
                                               "one annotation file per video and track")
     for sub, track in ((mtl, "mtl"), (single, "tracks")):
         sub.add_argument("out_dir")
-        sub.add_argument("--videos", type=_bounded_int(3), default=DEFAULTS[track]["videos"],
+        sub.add_argument("--videos", type=bounded_int(3), default=DEFAULTS[track]["videos"],
                          help="number of videos, split about 60/20/20 into train/validation/test (default 40)")
-        sub.add_argument("--frames", type=_bounded_int(1), default=DEFAULTS[track]["frames"],
+        sub.add_argument("--frames", type=bounded_int(1), default=DEFAULTS[track]["frames"],
                          help="face crops per video (default 50)")
     lsd = tracks.add_parser("lsd", help="learning-from-synthetic-data track: six expression classes")
     lsd.add_argument("out_dir")
-    lsd.add_argument("--per-class", type=_bounded_int(1), default=DEFAULTS["lsd"]["per_class"],
+    lsd.add_argument("--per-class", type=bounded_int(1), default=DEFAULTS["lsd"]["per_class"],
                      help="training images per class; validation and test get about a quarter (default 200)")
     faces = tracks.add_parser("faces", help="unlabelled faces for MAE pretraining, one folder")
     faces.add_argument("out_dir")
-    faces.add_argument("--count", type=_bounded_int(1), default=DEFAULTS["faces"]["count"],
+    faces.add_argument("--count", type=bounded_int(1), default=DEFAULTS["faces"]["count"],
                        help="number of images (default 2000)")
     raw = tracks.add_parser("videos", help="raw MP4 recordings of synthetic people with sound, their MTL annotations "
                                            "and the true boxes and landmarks (datasets.synthetic.videos)")
     raw.add_argument("out_dir")
-    raw.add_argument("--videos", type=_bounded_int(1), default=VIDEO_DEFAULTS["videos"],
+    raw.add_argument("--videos", type=bounded_int(1), default=VIDEO_DEFAULTS["videos"],
                      help=f"number of videos (default {VIDEO_DEFAULTS['videos']})")
-    raw.add_argument("--frames", type=_bounded_int(2), default=VIDEO_DEFAULTS["frames"],
+    raw.add_argument("--frames", type=bounded_int(2), default=VIDEO_DEFAULTS["frames"],
                      help=f"frames per video (default {VIDEO_DEFAULTS['frames']})")
-    raw.add_argument("--width", type=_bounded_int(MIN_SIZE, 3840), default=VIDEO_DEFAULTS["width"],
+    raw.add_argument("--width", type=bounded_int(MIN_SIZE, 3840), default=VIDEO_DEFAULTS["width"],
                      help=f"frame width in pixels (default {VIDEO_DEFAULTS['width']})")
-    raw.add_argument("--height", type=_bounded_int(MIN_SIZE, 2160), default=VIDEO_DEFAULTS["height"],
+    raw.add_argument("--height", type=bounded_int(MIN_SIZE, 2160), default=VIDEO_DEFAULTS["height"],
                      help=f"frame height in pixels (default {VIDEO_DEFAULTS['height']})")
-    raw.add_argument("--seed", type=_bounded_int(0), default=VIDEO_DEFAULTS["seed"], help="same seed, same bytes")
+    raw.add_argument("--seed", type=bounded_int(0), default=VIDEO_DEFAULTS["seed"], help="same seed, same bytes")
     for track in synthetic.TRACK_MODULES:  # each adds its own flags
         module = synthetic.track_module(track)
         sub = tracks.add_parser(track, help=module.__doc__.strip().split("\n")[0])
         sub.add_argument("out_dir")
         module.add_arguments(sub)
     for sub, track in ((mtl, "mtl"), (single, "tracks"), (lsd, "lsd"), (faces, "faces")):
-        sub.add_argument("--size", type=_bounded_int(MIN_SIZE, MAX_SIZE), default=DEFAULTS[track]["size"],
+        sub.add_argument("--size", type=bounded_int(MIN_SIZE, MAX_SIZE), default=DEFAULTS[track]["size"],
                          help="image side in pixels")
-        sub.add_argument("--seed", type=_bounded_int(0), default=DEFAULTS[track]["seed"],
+        sub.add_argument("--seed", type=bounded_int(0), default=DEFAULTS[track]["seed"],
                          help="same seed, same bytes (default 0)")
-        sub.add_argument("--workers", type=_bounded_int(1), default=None, help="processes (default: all cores)")
+        sub.add_argument("--workers", type=bounded_int(1), default=None, help="processes (default: all cores)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -37,7 +37,15 @@ import time
 import cv2
 import numpy as np
 
-from datasets.synthetic import _finish, _prepare_out_dir, _run_tasks, is_complete, plan_video, split_sizes
+from datasets.synthetic import (
+    _finish,
+    _prepare_out_dir,
+    _run_tasks,
+    bounded_int,
+    is_complete,
+    plan_video,
+    split_sizes,
+)
 from datasets.synthetic.render import DRAWN_AUS, encode_jpeg, render_face
 from datasets.synthetic.sound import SAMPLE_RATE, TRACE_RATE, render_sound
 from datasets.synthetic.videos import write_video
@@ -343,27 +351,14 @@ def is_generated(out_dir, **params) -> bool:
     return is_complete(out_dir, TRACK, dict(DEFAULTS, **params), OWNED_PATHS)
 
 
-def _positive_int(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The generator's flags (``python -m datasets.synthetic emi OUT_DIR ...``)."""
-    parser.add_argument("--videos", type=_positive_int(3), default=DEFAULTS["videos"],
+    parser.add_argument("--videos", type=bounded_int(3), default=DEFAULTS["videos"],
                         help=f"number of videos, split about 60/20/20 into train/validation/test "
                              f"(default {DEFAULTS['videos']})")
-    parser.add_argument("--frames", type=_positive_int(2), default=DEFAULTS["frames"],
+    parser.add_argument("--frames", type=bounded_int(2), default=DEFAULTS["frames"],
                         help=f"about this many frames per video, from 3/4 to 5/4 of it (default {DEFAULTS['frames']})")
-    parser.add_argument("--size", type=_positive_int(32), default=DEFAULTS["size"],
+    parser.add_argument("--size", type=bounded_int(32), default=DEFAULTS["size"],
                         help=f"face crop side in pixels (default {DEFAULTS['size']})")
-    parser.add_argument("--seed", type=_positive_int(0), default=DEFAULTS["seed"],
+    parser.add_argument("--seed", type=bounded_int(0), default=DEFAULTS["seed"],
                         help="same seed, same bytes (default 0)")

@@ -25,13 +25,12 @@ compound that contains it likely, as an arithmetic mean would.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import ClassVar
 
 import numpy as np
 
-from datasets.images import list_image_folder
+from datasets.lsd import ClassFolders
 from utils.abaw import EXPR_NAMES, NUM_EXPR
 from utils.atomic import write_text_atomic
 from utils.errors import UserError
@@ -127,35 +126,14 @@ def read_test_labels(path: str) -> dict[str, int]:
     return labels
 
 
-class CompoundFolders:
+class CompoundFolders(ClassFolders):
     """The images of a compound class-folder split, as ``<folder>/<file>`` paths relative to ``root``, and their
-    class indices."""
+    class indices (the LSD reader's rules with the 7 compounds' names)."""
 
-    def __init__(self, root: str):
-        if not os.path.isdir(root):
-            raise UserError(f"compound image folder not found: {root}; check --data-dir, --train-dir and --val-dir")
-        self.root = root
-        with os.scandir(root) as entries:
-            folders = sorted(entry.name for entry in entries if entry.is_dir() and not entry.name.startswith("."))
-        images, labels, seen = [], [], {}
-        for folder in folders:
-            index = class_index(folder)
-            if index in seen:
-                raise UserError(f"{root}: folders {seen[index]!r} and {folder!r} both name {CLASSES[index]}")
-            seen[index] = folder
-            names = list_image_folder(os.path.join(root, folder))
-            images += [f"{folder}/{name}" for name in names]
-            labels += [index] * len(names)
-        if not images:
-            raise UserError(f"{root} holds no image (expected <compound class>/<name>.jpg)")
-        self.images = np.array(images, dtype=object)
-        self.labels = np.array(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=NUM_CLASSES)
+    classes = CLASSES
+    what = "compound image"
+    missing_hint = "check --data-dir, --train-dir and --val-dir"
+    class_index = staticmethod(class_index)
 
 
 def read_submission(path: str, sample_frames) -> np.ndarray:
