@@ -31,4 +31,8 @@ for update in range(3):
     sums.append(float(sum(p.detach().double().sum() for p in params)))
 with open(f"{sys.argv[1]}.{dist.rank()}", "w") as out:
     json.dump({"rank": dist.rank(), "skipped": state.skipped_updates, "sums": sums}, out)
+# DDP's reducer goes before its process group, and no rank tears the group down while another still uses it: an
+# interpreter exit in the other order can abort a rank ("terminate called without an active exception").
+del model, optimizer, params
+dist.barrier()
 dist.cleanup()
