@@ -31,18 +31,13 @@ import torch
 from datasets.media import prepared
 from datasets.media.audio import LogMel, pool_windows
 from datasets.mtl import video_and_frame
-from engine.features import file_sha256
+from engine.features import optional_file_sha256
 from utils import dist
 from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.monitor import log
 
 FORMAT = 1
-
-
-def _sha256_file(path: str | None) -> str | None:
-    """The digest of a recording's file, None where the video has none."""
-    return file_sha256(path) if path is not None and os.path.isfile(path) else None
 
 
 class AudioSource:
@@ -139,8 +134,8 @@ def content_key(source: AudioSource, recordings: Recordings, images, plan: dict)
     digest = hashlib.sha256(json.dumps([source.key, len(images)]).encode())
     digest.update("\n".join(str(image) for image in images).encode())
     for video in plan:
-        digest.update(json.dumps([video, _sha256_file(recordings.wav(video)),
-                                  _sha256_file(recordings.times(video))]).encode())
+        digest.update(json.dumps([video, optional_file_sha256(recordings.wav(video)),
+                                  optional_file_sha256(recordings.times(video))]).encode())
     return digest.hexdigest()
 
 

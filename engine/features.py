@@ -39,6 +39,11 @@ def file_sha256(path: str, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+def optional_file_sha256(path: str | None) -> str | None:
+    """The digest of a file that may be absent (a video without a recording): None where there is none."""
+    return file_sha256(path) if path is not None and os.path.isfile(path) else None
+
+
 def list_sha256(images) -> str:
     return hashlib.sha256("\n".join(str(image) for image in images).encode()).hexdigest()
 

@@ -26,17 +26,13 @@ import numpy as np
 
 from datasets.tracks.base import VideoSplit, read_feature_sequence
 from datasets.video_level import relative_times, segment_means
-from engine.features import file_sha256
+from engine.features import optional_file_sha256
 from utils import dist
 from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.monitor import log
 
 FORMAT = 1
-
-
-def _digest(path: str | None) -> str | None:
-    return file_sha256(path) if path and os.path.isfile(path) else None
 
 
 def decode_sound(path: str, sample_rate: int) -> np.ndarray:
@@ -75,7 +71,12 @@ class StreamSource:
         self.name, self.key, self.dim = name, key, dim
 
     def files(self, item) -> list[str | None]:
+        """The files a video's sequence is made from (their bytes go into the cache key)."""
         return []
+
+    def content(self, item) -> str:
+        """What else a video's sequence is made from (the transcript's words), for the cache key."""
+        return ""
 
     def extract(self, item):
         raise NotImplementedError
@@ -120,9 +121,6 @@ class TextSource(StreamSource):
         super().__init__("text", json.dumps([encoder.describe(), max_tokens]), encoder.dim)
         self.encoder, self.max_tokens = encoder, max_tokens
 
-    def files(self, item):
-        return []
-
     def extract(self, item):
         chunks = [text for _, _, text in (item.transcript or []) if text and text.strip()]
         if not chunks:
@@ -140,9 +138,8 @@ class TextSource(StreamSource):
 def split_key(source: StreamSource, split: VideoSplit) -> str:
     digest = hashlib.sha256(json.dumps([FORMAT, source.key, split.ids]).encode())
     for item in split.items:
-        digest.update(json.dumps([_digest(path) for path in source.files(item)]).encode())
-        if isinstance(source, TextSource):
-            digest.update(source.content(item).encode())
+        digest.update(json.dumps([optional_file_sha256(path) for path in source.files(item)]).encode())
+        digest.update(source.content(item).encode())
     return digest.hexdigest()
 
 

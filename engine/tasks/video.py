@@ -460,13 +460,9 @@ class VideoTask:
         return model
 
     def param_groups(self, model) -> list[dict]:
-        skip = model.no_weight_decay()
-        decay, no_decay = [], []
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim < 2 or name in skip else decay).append(parameter)
-        return [{"params": decay, "weight_decay": self.args.weight_decay, "lr_scale": 1.0},
-                {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+        from utils.optim import decay_groups
+
+        return decay_groups(model, self.args.weight_decay)
 
     def scales_lr(self) -> bool:
         return False
