@@ -244,8 +244,23 @@ def _train(args):
     reuse = best_val_known and has_best
     write_evaluation(task, unwrap(model), args, device, autocast, val_loader=val_loader,
                      val_outputs=best_val_outputs if reuse else None, skip_val_prediction=reuse)
+    if has_best and dist.is_main():
+        store_inference_settings(task, best_path)
     dist.cleanup()
     return task
+
+
+def store_inference_settings(task, path: str) -> None:
+    """Rank 0, after training: the settings that wrote the run's files (``Task.inference_settings``: e.g. tuned AU
+    thresholds, smoothing windows) into its own best checkpoint, rewritten atomically, so that ``--eval`` and
+    ``predict.py`` apply them again. Only a checkpoint this run wrote is ever rewritten."""
+    settings = task.inference_settings() if hasattr(task, "inference_settings") else {}
+    if not settings:
+        return
+    content = load_checkpoint(path)
+    content.update(settings)
+    save_atomic(content, path)
+    log(f"{path}: stored the settings its files were written with ({', '.join(settings)})")
 
 
 def save_epoch_figures(task, model, device, autocast, out_dir: str, monitor, epoch: int | None) -> None:

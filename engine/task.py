@@ -163,6 +163,12 @@ class Task(Protocol):
     def checkpoint_extras(self) -> dict:
         """Plain values a checkpoint carries for evaluation besides the weights (e.g. AU thresholds)."""
 
+    def inference_settings(self) -> dict:
+        """Optional (absent, or ``{}``: nothing). Rank 0, after training has written its files with the best
+        checkpoint: the plain values that wrote them and that evaluating or predicting with that checkpoint should
+        apply again (MTL: ``au_thresholds`` tuned on validation, ``smoothing`` windows). The runner writes them into
+        the run's own ``best_<main>.pth`` (atomically); a checkpoint given to ``--eval`` is never rewritten."""
+
     # ---- ensembles: ``--eval --ckpt A B ...`` averages the members' outputs before post-processing
     ensembles: ClassVar[bool]  # whether --eval takes several --ckpt files (False: one)
 
@@ -319,6 +325,9 @@ class ImageTask:
     def postprocess(self, out_dir, val_outputs, test_outputs, test_names, checkpoint_path):
         """Outputs -> (validation outputs, test outputs, extra entries of val_metrics.json); by default unchanged."""
         return val_outputs, test_outputs, {}
+
+    def inference_settings(self) -> dict:
+        return {}
 
     ensembles: ClassVar[bool] = True
 

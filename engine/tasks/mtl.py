@@ -2,8 +2,11 @@
 
 Outputs per frame ``[VA(2), EXPR(8), AU(12)]`` (``utils.abaw``). Besides the shared files, evaluation offers two
 extras, both off by default so that a plain evaluation reports the model itself: per-AU thresholds tuned on
-validation (``--tune-au-thresholds``, saved next to the outputs, never into a checkpoint) and temporal smoothing of
-VA and of expression probabilities, with the window chosen on validation (``--smooth-va auto``).
+validation (``--tune-au-thresholds``) and temporal smoothing of VA and of expression probabilities, with the window
+chosen on validation (``--smooth-va auto``). Both are saved next to the outputs (``au_thresholds.json``,
+``val_metrics.json``); a training run also writes them into its own best checkpoint (:meth:`MTLTask.inference_settings`:
+``au_thresholds`` and ``smoothing``), which ``--eval`` and ``predict.py`` then apply. A checkpoint given to ``--eval``
+is an input and is never rewritten.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class MTLTask(ImageTask):
     def __init__(self, args):
         self.args = args
         self.au_thresholds = [abaw.DEFAULT_AU_THRESHOLD] * abaw.NUM_AU
+        # {"va": window, "expr": window} (0: off): a checkpoint's (load_for_eval), or what post-processing chose
+        self.smoothing: dict | None = None
         self._test = None  # (listed images, rows filled from stand-in images), once the test split is read
         self._test_frames = None  # per-video tasks: the test lists resolved against the images
         # ("mtl",): the ABAW4 MTL files; otherwise the per-video tracks of these tasks, joined per frame.
@@ -280,16 +285,23 @@ class MTLTask(ImageTask):
 
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(self, checkpoint, path, self.model_name)
-        if model is not None:
-            if checkpoint.get("au_thresholds"):
-                self.au_thresholds = list(checkpoint["au_thresholds"])
-        else:
+        if model is None:
             model = build_model(self.model_config())
             load_emma_checkpoint(model, path, log=log)  # by path, so that errors name the file
+            checkpoint = {}  # a released file brings no settings of ours
+        self.use_checkpoint_settings(checkpoint, path)
+        return model
+
+    def use_checkpoint_settings(self, checkpoint: dict, path: str) -> None:
+        """The inference settings of a checkpoint being loaded for evaluation: its AU thresholds (``--au-thresholds
+        FILE`` wins) and the smoothing windows its training run chose (typed ``--smooth-va``/``--smooth-expr`` win,
+        in :meth:`postprocess`)."""
+        if checkpoint.get("au_thresholds"):
+            self.au_thresholds = [float(value) for value in checkpoint["au_thresholds"]]
+        self.smoothing = read_smoothing(checkpoint.get("smoothing"), path)
         if self.args.au_thresholds:
             self.au_thresholds = read_au_thresholds(self.args.au_thresholds)
             log(f"AU thresholds from {self.args.au_thresholds}: " + " ".join(f"{t:.2f}" for t in self.au_thresholds))
-        return model
 
     def param_groups(self, model) -> list[dict]:
         groups = vit_param_groups(model.vit, self.args.weight_decay, self.args.layer_decay)
@@ -334,7 +346,28 @@ class MTLTask(ImageTask):
         return scores
 
     def checkpoint_extras(self) -> dict:
-        return {"au_thresholds": list(self.au_thresholds)}
+        extras = {"au_thresholds": list(self.au_thresholds)}
+        if self.smoothing is not None:  # known once a checkpoint brought it or post-processing chose it
+            extras["smoothing"] = dict(self.smoothing)
+        return extras
+
+    def inference_settings(self) -> dict:
+        """After training's evaluation: the AU thresholds (tuned on validation with ``--tune-au-thresholds``) and
+        the smoothing windows (0: off) that wrote its files, for its best checkpoint."""
+        return {"au_thresholds": [float(value) for value in self.au_thresholds],
+                "smoothing": {what: int(window) for what, window in (self.smoothing or NO_SMOOTHING).items()}}
+
+    def smooth_outputs(self, outputs: np.ndarray, videos, frames) -> np.ndarray:
+        """Output rows with VA and the expression probabilities averaged over the frames of their own video (or
+        track) with the windows of :attr:`smoothing` (``utils.metrics.smooth_by_video``); AUs unchanged."""
+        windows = self.smoothing or NO_SMOOTHING
+        if not any(windows.get(what, 0) > 1 for what in SMOOTHED_COLUMNS) or len(outputs) == 0:
+            return outputs
+        outputs = outputs.copy()
+        for what, columns in SMOOTHED_COLUMNS.items():
+            if windows.get(what, 0) > 1:
+                outputs[:, columns] = smooth(outputs[:, columns], videos, frames, windows[what], what)
+        return outputs
 
     def ensemble_space(self, outputs):
         """Members average VA as each would submit it (clipped to [-1, 1]: a member's out-of-range raw value counts
@@ -355,7 +388,9 @@ class MTLTask(ImageTask):
 
     def use_ensemble_settings(self, first_path, first_extras) -> None:
         """An ensemble's AU thresholds: those of --au-thresholds FILE, else the ones tuned on its validation outputs
-        (--tune-au-thresholds), else the first member's."""
+        (--tune-au-thresholds), else the first member's; its smoothing windows: the first member's (typed flags
+        win)."""
+        self.smoothing = first_extras.get("smoothing")
         if self.args.au_thresholds:
             source = self.args.au_thresholds  # every load_for_eval applied them
         elif self.args.tune_au_thresholds:
@@ -473,7 +508,14 @@ class MTLTask(ImageTask):
             log(f"AU thresholds tuned on validation: F1_AU {before:.4f} -> {after:.4f}; saved in {path} "
                 f"(--eval --au-thresholds {path} applies them again)")
         videos, frames = mtl.video_and_frame(self.val_annotations.images)
-        for flag, columns, what in ((args.smooth_va, abaw.OUT_VA, "va"), (args.smooth_expr, abaw.OUT_EXPR, "expr")):
+        stored = self.smoothing or {}  # a checkpoint's windows, used where the flag is not typed
+        windows = {}
+        for what, columns in SMOOTHED_COLUMNS.items():
+            flag, typed = getattr(args, f"smooth_{what}"), f"smooth_{what}" in getattr(args, "typed", ())
+            if not typed and stored.get(what):
+                flag = stored[what]
+                log(f"--smooth-{what}: window {flag}, the checkpoint's (--smooth-{what} 0 turns it off)")
+            windows[what] = 0
             if flag == 0:
                 continue
             if what not in runs:
@@ -489,15 +531,11 @@ class MTLTask(ImageTask):
                     f"({', '.join(f'{w}: {s:.4f}' for w, s in scores.items())})")
             else:
                 window = int(flag)
-            report[f"smooth_{what}_window"] = window
-            if window > 1:
-                val_outputs = val_outputs.copy()
-                val_outputs[:, columns] = _smooth(val_outputs[:, columns], videos, frames, window, what)
-                if test_outputs is not None:
-                    test_videos, test_frames = mtl.video_and_frame(test_images)
-                    test_outputs = test_outputs.copy()
-                    test_outputs[:, columns] = _smooth(test_outputs[:, columns], test_videos, test_frames, window,
-                                                       what)
+            report[f"smooth_{what}_window"] = windows[what] = window
+        self.smoothing = windows
+        val_outputs = self.smooth_outputs(val_outputs, videos, frames)
+        if test_outputs is not None:
+            test_outputs = self.smooth_outputs(test_outputs, *mtl.video_and_frame(test_images))
         return val_outputs, test_outputs, report
 
     def demo_score(self, out_dir: str):
@@ -573,16 +611,19 @@ def add_mtl_output_flags(groups) -> None:
     evaluation.add_argument(
         "--tune-au-thresholds", action="store_true",
         help="pick a per-AU threshold on validation and use it for the test file; the thresholds are saved in "
-             f"<output-dir>/{AU_THRESHOLDS_FILE} (the checkpoint is never modified)")
+             f"<output-dir>/{AU_THRESHOLDS_FILE}, and a training run also stores them in its best checkpoint (a "
+             "checkpoint given to --eval is never modified)")
     evaluation.add_argument(
         "--au-thresholds", metavar="FILE",
         help=f"with --eval: per-AU thresholds from an earlier run's {AU_THRESHOLDS_FILE} (or val_metrics.json), "
              "instead of the checkpoint's (default: the checkpoint's, else 0.5)")
     evaluation.add_argument(
         "--smooth-va", type=smoothing_window, default=0, metavar="{auto,0,W}",
-        help="average VA over W neighbouring frames of a video; auto picks W on validation (default: off)")
+        help="average VA over W neighbouring frames of a video; auto picks W on validation; a training run stores "
+             "the window in its best checkpoint (default: off; with --eval, the checkpoint's)")
     evaluation.add_argument("--smooth-expr", type=smoothing_window, default=0, metavar="{auto,0,W}",
-                            help="the same for expression probabilities (default: off)")
+                            help="the same for expression probabilities (default: off; with --eval, the "
+                                 "checkpoint's)")
 
 
 def check_mtl_output_flags(args, error) -> None:
@@ -625,7 +666,28 @@ def data_pos_weight(aus: np.ndarray) -> list[float]:
     return weights
 
 
-def _smooth(values, videos, frames, window, what):
+# The output columns that smoothing averages over neighbouring frames, by the name of their window.
+SMOOTHED_COLUMNS = {"va": abaw.OUT_VA, "expr": abaw.OUT_EXPR}
+NO_SMOOTHING = {"va": 0, "expr": 0}
+
+
+def read_smoothing(stored, path: str) -> dict | None:
+    """A checkpoint's ``smoothing`` entry ({"va": window, "expr": window}), or None where it has none."""
+    if stored is None:
+        return None
+    try:
+        windows = {what: int(stored.get(what, 0)) for what in SMOOTHED_COLUMNS}
+    except (AttributeError, TypeError, ValueError):
+        raise UserError(f"{path}: its smoothing entry {stored!r} is not {{'va': window, 'expr': window}}") from None
+    if any(window < 0 or (window > 1 and window % 2 == 0) for window in windows.values()):
+        raise UserError(f"{path}: its smoothing windows {windows} must be 0 (off) or odd")
+    return windows
+
+
+def smooth(values, videos, frames, window, what):
+    """VA (``what`` "va") or expression log-probabilities ("expr") averaged over ``window`` frame numbers of their
+    own video (``utils.metrics.smooth_by_video``); the expressions' probabilities are averaged, and returned as
+    log-probabilities so that argmax and softmax read them as before."""
     if what == "expr":  # average probabilities, then back to log space so that argmax still applies
         shifted = values - values.max(1, keepdims=True)
         probs = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
@@ -639,7 +701,7 @@ def _choose_expr_window(outputs, labels, videos, frames, windows=abaw.SMOOTHING_
     logits = outputs[:, abaw.OUT_EXPR]
     scores = {}
     for window in windows:
-        smoothed = _smooth(logits, videos, frames, window, "expr") if window > 1 else logits
+        smoothed = smooth(logits, videos, frames, window, "expr") if window > 1 else logits
         no_aus = np.zeros((len(outputs), abaw.NUM_AU), int)
         scores[window] = metrics.mtl_metrics(outputs[:, abaw.OUT_VA], smoothed.argmax(1), no_aus,
                                              labels)["f1_expr"] if known.any() else 0.0

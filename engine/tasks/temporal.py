@@ -402,13 +402,16 @@ class TemporalTask(MTLTask):
             self.fusion = config.get("fusion", "concat")
         if trained_on.get("key") == NoFrameFeatures.key and "features" not in typed:
             self.parts = "none"
-        elif "backbone_ckpt" not in typed:
+        elif "backbone_ckpt" not in typed:  # where it was recorded, else a file of its name beside the checkpoint
             recorded = trained_on.get("backbone") or []
-            self.backbone_path = [recorded] if isinstance(recorded, str) else list(recorded)
-            absent = [name for name in self.backbone_path if not os.path.isfile(name)]
-            if absent or not self.backbone_path:
+            recorded = [recorded] if isinstance(recorded, str) else list(recorded)
+            found = [find_backbone(name, path) for name in recorded]
+            absent = [name for name, there in zip(recorded, found) if there is None]
+            if absent or not recorded:
                 raise UserError(f"{path} was trained on the features of {', '.join(absent) or 'an unnamed backbone'}, "
-                                f"which is not there; pass --backbone-ckpt")
+                                f"which is neither there nor beside it (in {os.path.dirname(os.path.abspath(path))}); "
+                                f"put it there or pass --backbone-ckpt")
+            self.backbone_path = found
         if "features" not in typed:
             self.parts = ",".join(trained_on.get("parts", [])) or "auto"
         if "video_norm" not in typed:
@@ -420,12 +423,7 @@ class TemporalTask(MTLTask):
         if self.window > int(config["window"]) and config.get("kind") == "transformer":
             raise UserError(f"--window {self.window} exceeds the {config['window']} frames {path} was trained with")
         model = model_from_checkpoint(self, checkpoint, path, "temporal")
-        if checkpoint.get("au_thresholds"):
-            self.au_thresholds = list(checkpoint["au_thresholds"])
-        if self.args.au_thresholds:
-            from engine.tasks.mtl import read_au_thresholds
-
-            self.au_thresholds = read_au_thresholds(self.args.au_thresholds)
+        self.use_checkpoint_settings(checkpoint, path)  # AU thresholds and smoothing windows, as MTL's
         return model
 
     def param_groups(self, model) -> list[dict]:
@@ -520,6 +518,18 @@ class NoFrameFeatures:
         import numpy as np
 
         return feature_store.SplitFeatures(np.zeros((len(images), 0), np.float32), np.ones(len(images), bool), {})
+
+
+def find_backbone(recorded: str, checkpoint_path: str) -> str | None:
+    """A temporal checkpoint's backbone: at the path recorded in it, else a file of the same name in the checkpoint's
+    own folder (a checkpoint and its backbone handed on together), else None."""
+    if os.path.isfile(recorded):
+        return recorded
+    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), os.path.basename(recorded))
+    if os.path.isfile(beside) and not os.path.samefile(beside, checkpoint_path):
+        log(f"the backbone {recorded} is not there; reading {beside}, beside {checkpoint_path}")
+        return beside
+    return None
 
 
 def _identity(inputs):
