@@ -433,3 +433,24 @@ def test_generator_command_line_writes_the_set_and_refuses_foreign_data(tmp_path
     assert cli.main(["ah", str(tmp_path / "real"), "--videos", "3", "--frames", "8", "--no-progress"]) == 2
     assert "already holds split that this generator did not write" in capsys.readouterr().err
     assert (tmp_path / "real" / "split" / "train.txt").read_text() == f"{V1},1,Yes.\n"
+
+
+def test_the_tuned_threshold_is_the_candidate_with_the_best_macro_f1_nearest_half_on_ties():
+    rng = np.random.default_rng(3)
+    for _trial in range(20):
+        n = int(rng.integers(1, 60))
+        labels = rng.integers(0, 2, n)
+        p1 = np.clip(labels * rng.uniform(0, 0.6) + rng.uniform(0, 0.6, n), 0, 1).round(int(rng.integers(1, 4)))
+        labels[rng.random(n) < 0.1] = ah.FRAME_MISSING  # frames without annotation are left out
+        keep = labels != ah.FRAME_MISSING
+        chosen, scores = ah.tune_threshold(np.stack([1 - p1, p1], 1), labels[:, None])
+        if not keep.any():
+            assert chosen == 0.5 and scores == {}
+            continue
+        expected = {float(t): f1_score(labels[keep], (p1[keep] >= t).astype(int), labels=[0, 1], average="macro",
+                                       zero_division=0) for t in ah.THRESHOLDS}
+        assert scores == pytest.approx(expected, abs=1e-12)
+        best = max(expected.values())
+        ties = [t for t, f in expected.items() if f >= best - 1e-12]
+        assert chosen == min(ties, key=lambda t: abs(t - 0.5))
+        assert TRACK.tune(p1, labels[:, None].astype(np.float32)) == {"threshold": chosen}

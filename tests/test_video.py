@@ -188,18 +188,60 @@ def tiny_bert(folder):
     return folder
 
 
-def test_ah_from_transcripts_alone_writes_the_split_s_videos_in_order(ah_data, tmp_path):
+@pytest.fixture(scope="module")
+def ah_text_run(ah_data, tmp_path_factory):
     from engine.entry import main
 
+    root = tmp_path_factory.mktemp("ah_text")
+    main("video", "", ["--track", "ah", "--data-dir", str(ah_data), "--text", str(tiny_bert(root / "bert")),
+                       "--track-features", "none", "--output-dir", str(root / "run"), "--epochs", "2", *FAST])
+    return root / "run"
+
+
+def test_ah_from_transcripts_alone_writes_the_split_s_videos_in_order(ah_data, ah_text_run):
     track = get_track("ah")
-    main("video", "", ["--track", "ah", "--data-dir", str(ah_data), "--text", str(tiny_bert(tmp_path / "bert")),
-                       "--track-features", "none", "--output-dir", str(tmp_path / "run"), "--epochs", "1", *FAST])
-    config = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=False)["model_config"]
+    config = torch.load(ah_text_run / "checkpoints" / "last.pth", weights_only=False)["model_config"]
     assert [name for name, _ in config["streams"]] == ["text"] and config["streams"][0][1] == 16
     reference = track.read_split(str(ah_data), "test").ids
-    written = track.read_submission(str(tmp_path / "run" / track.submission_file), reference_ids=reference)
+    written = track.read_submission(str(ah_text_run / track.submission_file), reference_ids=reference)
     assert written["ids"] == reference and written["p1"] is not None
-    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["f1_macro"] >= 0.0
+    assert json.loads((ah_text_run / "test_metrics.json").read_text())["f1_macro"] >= 0.0
+
+
+def test_ah_decides_at_the_threshold_chosen_on_validation_and_eval_keeps_it(ah_data, ah_text_run, tmp_path,
+                                                                             capsys):
+    from sklearn.metrics import f1_score
+
+    track = get_track("ah")
+    val = json.loads((ah_text_run / "val_metrics.json").read_text())
+    with open(ah_text_run / "val_predictions.csv") as handle:
+        p1_val = np.array([float(row[-1]) for row in list(csv.reader(handle))[1:]])
+    labels = track.read_split(str(ah_data), "val").labels()[:, 0].astype(int)
+    # the chosen threshold is the best of the candidates on validation (independently: sklearn at each)
+    scores = {t: f1_score(labels, (p1_val >= t).astype(int), labels=[0, 1], average="macro", zero_division=0)
+              for t in np.round(np.arange(0.05, 0.951, 0.01), 2)}
+    assert scores[val["threshold"]] == pytest.approx(max(scores.values()), abs=1e-9)
+    assert val["f1_macro"] == pytest.approx(scores[val["threshold"]], abs=2e-6)
+    assert val["f1_macro_default_decision"] == pytest.approx(scores[0.5], abs=2e-6)
+    # the run's best checkpoint keeps it, and the test file decides with it
+    best = torch.load(ah_text_run / "checkpoints" / "best_f1_macro.pth", weights_only=True)
+    assert best["decision"] == {"threshold": val["threshold"]}
+    reference = track.read_split(str(ah_data), "test").ids
+    written = track.read_submission(str(ah_text_run / track.submission_file), reference_ids=reference)
+    assert (np.asarray(written["pred"]) == (np.asarray(written["p1"]) >= val["threshold"])).all()
+    # --eval of that checkpoint writes the same file; a typed --threshold decides with its own value
+    common = ["main_video.py", "--track", "ah", "--eval", "--ckpt", ah_text_run / "checkpoints" / "best_f1_macro.pth",
+              "--data-dir", ah_data, "--device", "cpu", "--precision", "fp32", "--num-workers", "0"]
+    run_main(capsys, *common, "--output-dir", tmp_path / "eval")
+    assert (tmp_path / "eval" / track.submission_file).read_bytes() == \
+        (ah_text_run / track.submission_file).read_bytes()
+    run_main(capsys, *common, "--output-dir", tmp_path / "typed", "--threshold", "0.3")
+    typed = track.read_submission(str(tmp_path / "typed" / track.submission_file), reference_ids=reference)
+    assert (np.asarray(typed["pred"]) == (np.asarray(typed["p1"]) >= 0.3)).all()
+    assert json.loads((tmp_path / "typed" / "val_metrics.json").read_text())["threshold"] == 0.3
+    wrong = run_main(capsys, "main_video.py", "--track", "emi", "--data-dir", ah_data, "--audio", "logmel",
+                     "--output-dir", tmp_path / "emi", "--threshold", "0.3", check=False)
+    assert wrong.returncode == 2 and "makes no 0/1 decisions" in wrong.stderr
 
 
 def test_ah_per_frame_writes_every_frame_of_the_example_in_its_order(ah_data, emi_backbone, tmp_path):

@@ -159,6 +159,34 @@ def metrics(probabilities, labels, threshold: float = 0.5) -> dict:
             "count": int(len(truth))}
 
 
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)  # the candidates of tune_threshold
+
+
+def tune_threshold(probabilities, labels, candidates=THRESHOLDS) -> tuple[float, dict]:
+    """The threshold on p1 with the best macro F1 over the two classes among ``candidates`` (a tie goes to the one
+    nearest 0.5), and the macro F1 of each candidate. Counts come from sorted probabilities, so that a frame-level
+    split of hundreds of thousands of frames costs one sort."""
+    p1 = _positive_probability(probabilities)
+    truth = np.asarray(labels).reshape(len(p1), -1)[:, 0].astype(np.int64) if len(p1) else np.zeros(0, np.int64)
+    keep = truth != FRAME_MISSING
+    p1, truth = p1[keep], truth[keep]
+    candidates = np.asarray(candidates, np.float64)
+    positives, negatives = np.sort(p1[truth == 1]), np.sort(p1[truth == 0])
+    # predicted positive: p1 >= t, i.e. the elements from the first one >= t
+    tp = len(positives) - np.searchsorted(positives, candidates, side="left")
+    fp = len(negatives) - np.searchsorted(negatives, candidates, side="left")
+    fn, tn = len(positives) - tp, len(negatives) - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1_positive = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        f1_negative = np.where(2 * tn + fn + fp > 0, 2 * tn / np.maximum(2 * tn + fn + fp, 1), 0.0)
+    macro = (f1_positive + f1_negative) / 2
+    best = np.flatnonzero(macro >= macro.max() - 1e-12) if len(macro) else np.zeros(0, np.int64)
+    if not len(p1) or not len(best):
+        return 0.5, {}
+    chosen = best[np.argmin(np.abs(candidates[best] - 0.5))]
+    return float(candidates[chosen]), {float(t): float(f) for t, f in zip(candidates, macro)}
+
+
 def probability_pair(p1: float) -> tuple[str, str]:
     """(p0, p1) as written: p1 with 4 decimals and p0 = 1 - that value in full precision, so that the two parsed
     back add up to exactly 1.0."""
@@ -396,6 +424,11 @@ class AHTrack:
 
     def metrics(self, probabilities, labels, threshold: float = 0.5) -> dict:
         return metrics(probabilities, labels, threshold)
+
+    def tune(self, probabilities, labels) -> dict:
+        """The decision settings chosen on validation (``metrics`` and ``write_submission`` take them as keywords):
+        the threshold on p1 with the best macro F1."""
+        return {"threshold": tune_threshold(probabilities, labels)[0]}
 
     def write_submission(self, path: str, ids, probabilities, threshold: float = 0.5,
                          with_probabilities: bool = True) -> None:

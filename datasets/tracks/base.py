@@ -89,6 +89,9 @@ class Track(Protocol):
         """Write the submission file of ``ids`` (the reference order) and re-read it, raising :class:`UserError`
         if what was read back differs from what was meant."""
 
+    # Optional: ``tune(predictions, labels) -> dict``, decision settings chosen on validation (A/H: the threshold on
+    # p1) that ``metrics`` and ``write_submission`` take as keyword arguments; a track without it decides nothing.
+
 
 class VideoTrack(Track, Protocol):
     def find(self, data_dir: str, split: str) -> bool:

@@ -38,7 +38,7 @@ from datasets.video_level import (
 )
 from engine import features as feature_store
 from engine import video_streams
-from engine.cli import positive_int, ratio
+from engine.cli import open_unit_interval, positive_int, ratio
 from engine.task import Selection, check_model_name, save_figures, write_metrics
 from engine.tasks.temporal import seconds
 from utils import dist
@@ -80,6 +80,7 @@ class VideoTask:
         self.track_features = args.track_features
         self.frames_per_video, self.max_tokens = args.frames_per_video, args.max_tokens
         self.window = args.window if self.frame_level else None
+        self.decision = {}  # the track's decision settings (A/H: the threshold on p1), chosen once training is done
         self._sets = {}
 
     @property
@@ -121,6 +122,9 @@ class VideoTask:
         data.add_argument("--max-tokens", type=positive_int, default=64, metavar="N",
                           help="at most this many steps per stream and video besides the face frames (default: "
                                "%(default)s)")
+        data.add_argument("--threshold", type=threshold_flag, default="auto", metavar="{auto,P}",
+                          help="a track of 0/1 decisions (A/H): decide 1 where p1 >= P; auto: the threshold with the "
+                               "best validation score, stored in the checkpoint (default: %(default)s)")
         data.add_argument("--feature-dir", metavar="DIR",
                           help="where features are cached, by content key (default: <output-dir>/features)")
         data.add_argument("--extract-batch-size", type=positive_int, default=64, metavar="N",
@@ -162,6 +166,8 @@ class VideoTask:
         if not args.eval and not args.backbone_ckpt and args.audio == "none" and args.text == "none" \
                 and args.track_features == "none":
             error("no stream to learn from: give --backbone-ckpt (faces), --audio, --text or --track-features")
+        if "threshold" in typed and not hasattr(track_registry.get_track(args.track_name), "tune"):
+            error(f"--threshold: the {args.track_name} track makes no 0/1 decisions")
         if args.feature_dir and os.path.exists(args.feature_dir) and not os.path.isdir(args.feature_dir):
             error(f"--feature-dir {args.feature_dir} is a file; name a folder (it is created if needed)")
 
@@ -455,6 +461,7 @@ class VideoTask:
                             f"{str(backbone.get('key'))[:16]}), not those of {self.backbone.path} (key "
                             f"{self.backbone.key[:16]}); name the same backbone, parts and precision")
         self._layout = [tuple(pair) for pair in config["streams"]]
+        self.decision = dict(checkpoint.get("decision") or {})
         model = build_model(config)
         load_exactly(model, checkpoint["model"], path, "video model")
         return model
@@ -505,7 +512,27 @@ class VideoTask:
         return self.track.metrics(probabilities, self.labels("val"))
 
     def checkpoint_extras(self) -> dict:
-        return {}
+        return {"decision": dict(self.decision)} if self.decision else {}
+
+    def inference_settings(self) -> dict:
+        return self.checkpoint_extras()
+
+    def choose_decision(self, val_probabilities: np.ndarray) -> dict:
+        """The track's decision settings for the files: a typed --threshold; else those the checkpoint brought
+        (--eval); else chosen on validation by the track (``tune``); none for a track that decides nothing."""
+        tune = getattr(self.track, "tune", None)
+        if tune is None:
+            return {}
+        if self.args.threshold != "auto":
+            return {"threshold": float(self.args.threshold)}
+        if self.decision:
+            return dict(self.decision)
+        labels = self.labels("val")
+        if labels is None:
+            return {}
+        chosen = tune(val_probabilities, labels)
+        log("chosen on validation: " + ", ".join(f"{key} {value:g}" for key, value in chosen.items()))
+        return chosen
 
     def ensemble_space(self, outputs):
         return np.asarray(outputs, dtype=np.float64)
@@ -529,6 +556,11 @@ class VideoTask:
     def write_outputs(self, out_dir, val_outputs, test_outputs, test_seen, checkpoint_path) -> dict:
         val_probabilities, _ = self.probabilities(val_outputs, self.val_split())
         val = self.track.metrics(val_probabilities, self.labels("val"))
+        self.decision = self.choose_decision(val_probabilities)
+        if self.decision:  # the scores of the files, and those of the default decision beside them
+            default = {f"{key}_default_decision": value for key, value in val.items() if key == self.track.main_metric}
+            val = {**self.track.metrics(val_probabilities, self.labels("val"), **self.decision), **default,
+                   **self.decision}
         write_metrics(out_dir, "val", val)
         self.write_table(os.path.join(out_dir, "val_predictions.csv"), self.names("val"), val_probabilities)
         if test_outputs is not None:
@@ -539,11 +571,11 @@ class VideoTask:
                      f"predicted; they take the mean prediction of the others")
                 probabilities[~predicted] = fill
             path = os.path.join(out_dir, self.track.submission_file)
-            self.track.write_submission(path, self.names("test"), probabilities)
+            self.track.write_submission(path, self.names("test"), probabilities, **self.decision)
             log(f"wrote {path} ({len(probabilities)} rows, checked by reading it back)")
             labels = self.labels("test")
             if labels is not None:
-                write_metrics(out_dir, "test", self.track.metrics(probabilities, labels))
+                write_metrics(out_dir, "test", self.track.metrics(probabilities, labels, **self.decision))
         save_figures(self.figures(val_probabilities), out_dir)
         return val
 
@@ -579,6 +611,11 @@ class VideoTask:
         baseline = self.track.metrics(constant, labels)[self.track.main_metric]
         key = self.track.main_metric
         return f"synthetic test {key} ({self.track.name})", test[key], baseline
+
+
+def threshold_flag(text):
+    """--threshold: auto, or a probability in (0, 1)."""
+    return text if text == "auto" else open_unit_interval(text)
 
 
 def _identity(inputs):
