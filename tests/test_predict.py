@@ -309,6 +309,101 @@ def test_an_ensemble_averages_probabilities_and_clipped_va_with_the_first_member
     assert list(ours["expression"]) == [abaw.EXPR_NAMES[k] for k in expr.argmax(1)]
 
 
+# ---- smoothing: the windows a training run stored in its checkpoint, applied per track
+
+SMOOTHING = {"va": 5, "expr": 3}
+
+
+@pytest.fixture(scope="module")
+def smoothed_checkpoint(checkpoints, tmp_path_factory):
+    """Checkpoint a with the windows that a run trained with ``--smooth-va 5 --smooth-expr 3`` stores."""
+    path = tmp_path_factory.mktemp("smoothed") / "smoothed.pth"
+    content = torch.load(checkpoints["a"], map_location="cpu", weights_only=True)
+    assert content["smoothing"] == {"va": 0, "expr": 0}  # a's own run smoothed nothing, and stored that
+    torch.save(dict(content, smoothing=SMOOTHING), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def smoothing_tables(media, smoothed_checkpoint):
+    """The video through the API with the checkpoint's smoothing and without."""
+    return {smoothing: Predictor(smoothed_checkpoint, smoothing=smoothing, **SETTINGS).video(media["video"])
+            for smoothing in (True, False)}
+
+
+def moving_average(values, tracks, frames, window):
+    """Each row's mean over the rows of its own track whose frame number is within window // 2 of its own: the
+    frames that exist, so fewer at a track's ends and around a frame where the face is missing."""
+    values = np.asarray(values, np.float64)
+    averaged = np.empty_like(values)
+    for row in range(len(values)):
+        near = (tracks == tracks[row]) & (np.abs(frames - frames[row]) <= window // 2)
+        averaged[row] = values[near].mean(0)
+    return averaged
+
+
+def test_a_videos_tracks_are_smoothed_over_their_frame_numbers_with_the_checkpoints_windows(smoothing_tables,
+                                                                                           smoothed_checkpoint):
+    assert Predictor(smoothed_checkpoint, **SETTINGS).smoothing_windows == SMOOTHING
+    raw, table = smoothing_tables[False], smoothing_tables[True]
+    assert raw[["frame", "track"]].equals(table[["frame", "track"]])
+    faces = raw["track"].notna().to_numpy()
+    raw, ours = raw[faces], table[faces]
+    tracks, frames = raw["track"].to_numpy(int), raw["frame"].to_numpy(int)
+    assert BLANK not in frames  # a gap in both tracks: frame 4's window is frames 2, 3, 4 and 6
+    va = raw[["valence", "arousal"]].to_numpy(float)
+    assert np.abs(va).max() < 1  # never clipped here, so the written VA is the model's (to 6 decimals)
+    expected_va = moving_average(va, tracks, frames, SMOOTHING["va"])
+    assert np.allclose(ours[["valence", "arousal"]].to_numpy(float), expected_va, atol=2e-6)
+    assert not np.allclose(ours[["valence", "arousal"]].to_numpy(float), va, atol=1e-4)
+    probabilities = moving_average(raw[EXPR_COLUMNS].to_numpy(float), tracks, frames, SMOOTHING["expr"])
+    assert np.allclose(ours[EXPR_COLUMNS].to_numpy(float), probabilities, atol=1e-6)
+    assert list(ours["expression"]) == [abaw.EXPR_NAMES[k] for k in probabilities.argmax(1)]
+    assert np.array_equal(ours[AU_COLUMNS].to_numpy(float), raw[AU_COLUMNS].to_numpy(float))  # AUs: not smoothed
+    assert np.array_equal(ours[AU_ACTIVE_COLUMNS].to_numpy(int), raw[AU_ACTIVE_COLUMNS].to_numpy(int))
+
+
+def test_the_command_smooths_as_the_api_and_no_smoothing_writes_each_frames_own_outputs(capsys, tmp_path, media,
+                                                                                        smoothed_checkpoint,
+                                                                                        smoothing_tables):
+    common = [media["video"], "--ckpt", smoothed_checkpoint, "--device", "cpu", "--precision", "fp32",
+              "--no-progress", "--no-timeline"]
+    code, out, err = run_cli(capsys, *common, "--output-dir", tmp_path / "smoothed")
+    assert code == 0 and "VA 5, expression 3 frames" in out + err
+    code, out, err = run_cli(capsys, *common, "--output-dir", tmp_path / "raw", "--no-smoothing")
+    assert code == 0 and "smoothed" not in out + err
+    for folder, smoothing in (("smoothed", True), ("raw", False)):
+        written, api = pd.read_csv(tmp_path / folder / "people.csv"), smoothing_tables[smoothing]
+        numbers = api.columns.drop(["expression"])
+        assert np.allclose(written[numbers].to_numpy(float), api[numbers].to_numpy(float), atol=1e-6, equal_nan=True)
+        assert written["expression"].fillna("").tolist() == api["expression"].fillna("").tolist()
+
+
+def test_smoothed_predictions_equal_prepare_then_eval_with_the_same_stored_windows(smoothing_tables, prepared_eval,
+                                                                                   smoothed_checkpoint, tmp_path):
+    """``main_mtl.py --eval`` smooths each prepared video (a person's folder, frames by number) with the
+    checkpoint's windows; predict.py smooths each track: the same rows, up to the JPEG round trip."""
+    import json
+
+    from engine.entry import main as mtl_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        mtl_main("mtl", "", ["--eval", "--ckpt", smoothed_checkpoint, "--data-dir", str(prepared_eval["data"]),
+                             "--output-dir", str(tmp_path / "eval"), *EVAL])
+    metrics = json.loads((tmp_path / "eval" / "val_metrics.json").read_text())
+    assert (metrics["smooth_va_window"], metrics["smooth_expr_window"]) == (5, 3)
+    reference = eval_rows(read_submission(tmp_path / "eval" / "val_predictions.txt"))
+    table = smoothing_tables[True]
+    ours = table.dropna(subset=["track"]).astype({"track": int}).set_index(["track", "frame"]).loc[reference.index]
+    gap = np.abs(ours[["valence", "arousal"]].to_numpy() - reference[["valence", "arousal"]].to_numpy())
+    assert gap.max() < JPEG_TOLERANCE, gap.max()
+    unsmoothed = smoothing_tables[False].dropna(subset=["track"]).astype({"track": int}).set_index(
+        ["track", "frame"]).loc[reference.index]
+    # without its smoothing the same comparison would fail: the windows are what make them agree
+    assert np.abs(unsmoothed[["valence", "arousal"]].to_numpy() - reference[["valence", "arousal"]].to_numpy()
+                  ).max() > JPEG_TOLERANCE
+
+
 @pytest.mark.gpu
 def test_on_a_gpu_the_faces_tracks_and_predictions_are_the_cpus(media, checkpoints, table):
     gpu = Predictor(checkpoints["a"], device="cuda", precision="fp32").video(media["video"])
@@ -452,9 +547,81 @@ def test_a_temporal_checkpoint_predicts_what_prepare_then_temporal_eval_predicts
     times = dict(zip(table["frame"], table["time"]))
     tracks, frames = (reference.index.get_level_values(level).to_numpy() for level in (0, 1))
     same_features = predictor.decode(predictor.sequence.outputs(media["video"], np.load(features_file), tracks,
-                                                                frames, times))
+                                                                frames, np.array([times[f] for f in frames])))
     assert np.allclose(same_features["valence"], reference["valence"], atol=2e-6)
     assert np.allclose(same_features["arousal"], reference["arousal"], atol=2e-6)
     assert (same_features["expression"] == np.asarray(abaw.EXPR_NAMES)[reference["expression"]]).all()
     for name in AU_ACTIVE_COLUMNS:
         assert (same_features[name] == reference[name].to_numpy()).all()
+
+
+# ---- a temporal checkpoint handed on with its backbone
+
+
+@pytest.fixture(scope="module")
+def handed_on(temporal_checkpoint, tmp_path_factory):
+    """The temporal checkpoint as someone receives it: in one folder with its backbone, under the backbone's
+    recorded name, the path recorded in it (the trainer's machine) absent here; and what it predicts where the
+    recorded path holds the backbone."""
+    root = tmp_path_factory.mktemp("handed_on")
+    content = torch.load(temporal_checkpoint, map_location="cpu", weights_only=True)
+    recorded = content["model_config"]["features"]["backbone"]
+    name = os.path.basename(recorded)
+    content["model_config"]["features"]["backbone"] = str(root / "trainers_machine" / name)
+    received = root / "received"
+    received.mkdir()
+    torch.save(content, received / "temporal.pth")
+    shutil.copy(recorded, received / name)
+    return {"ckpt": str(received / "temporal.pth"), "backbone": str(received / name), "recorded": recorded,
+            "content": content, "root": root}
+
+
+@pytest.fixture(scope="module")
+def recorded_table(temporal_checkpoint, media):
+    return Predictor(temporal_checkpoint, **SETTINGS).video(media["video"])
+
+
+@pytest.mark.slow
+def test_a_temporal_checkpoint_finds_its_backbone_beside_it_and_predicts_as_before(handed_on, recorded_table, media):
+    predictor = Predictor(handed_on["ckpt"], **SETTINGS)
+    assert os.path.samefile(predictor.task.backbone.path, handed_on["backbone"])
+    pd.testing.assert_frame_equal(predictor.video(media["video"]), recorded_table)
+    given = Predictor(handed_on["ckpt"], backbone=handed_on["recorded"], **SETTINGS)  # named: wins over the lookup
+    assert given.task.backbone.path == handed_on["recorded"]
+
+
+@pytest.mark.slow
+def test_a_temporal_checkpoint_without_its_backbone_or_with_another_one_is_one_line(capsys, tmp_path, media,
+                                                                                    handed_on, checkpoints):
+    from test_temporal import make_backbone
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(handed_on["ckpt"], alone / "temporal.pth")
+    other = make_backbone(tmp_path / "other.pth", seed=1)  # the same architecture, other weights
+    common = [media["video"], "--output-dir", tmp_path / "out", "--device", "cpu", "--no-progress"]
+    for extra, message in (([], "neither there nor beside it"),
+                           (["--backbone-ckpt", other], "was trained on the features of"),
+                           (["--backbone-ckpt", tmp_path / "absent.pth"], "backbone not found")):
+        code, _, err = run_cli(capsys, *common, "--ckpt", alone / "temporal.pth", *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(capsys, *common, "--ckpt", checkpoints["a"], "--backbone-ckpt", other)
+    assert code == 2 and "goes with a temporal checkpoint" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "people.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_hub_temporal_checkpoint_reads_its_backbone_from_the_same_hub_folder_offline(tmp_path, monkeypatch, media,
+                                                                                       handed_on, recorded_table):
+    import huggingface_hub.constants
+
+    cached = fake_hub_cache(tmp_path / "hub", "someone/emma-temporal", "runs/temporal.pth", handed_on["ckpt"])
+    name = os.path.basename(handed_on["backbone"])
+    shutil.copy(handed_on["backbone"], os.path.join(os.path.dirname(cached), name))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    predictor = Predictor("hf-hub:someone/emma-temporal/runs/temporal.pth", **SETTINGS)
+    assert os.path.samefile(predictor.task.backbone.path, os.path.join(os.path.dirname(cached), name))
+    assert "snapshots" in predictor.task.backbone.path  # the hub cache's copy, not the one handed on locally
+    pd.testing.assert_frame_equal(predictor.video(media["video"]), recorded_table)

@@ -34,6 +34,7 @@ has one row with an empty track and empty predictions.
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -62,23 +63,23 @@ NO_FACE = "no face found"
 # Checkpoints
 
 
-def resolve_checkpoint(reference: str) -> str:
+def resolve_checkpoint(reference: str, what: str = "checkpoint", local_only: bool = False) -> str:
     """A local file for ``reference``: a path as given, or ``hf-hub:owner/repo/path/in/repo.pth`` through
-    ``huggingface_hub`` (its cache first; with ``HF_HUB_OFFLINE=1`` only its cache). A reference that cannot be
-    resolved is a one-line :class:`UserError`."""
+    ``huggingface_hub`` (its cache first; with ``HF_HUB_OFFLINE=1`` or ``local_only`` only its cache). A reference
+    that cannot be resolved is a one-line :class:`UserError`."""
     reference = os.fspath(reference)
     if not reference.startswith(HUB_PREFIX):
         if not os.path.isfile(reference):
-            raise UserError(f"checkpoint not found: {reference}")
+            raise UserError(f"{what} not found: {reference}")
         return reference
     parts = reference[len(HUB_PREFIX):].split("/")
     if len(parts) < 3 or not all(parts):
-        raise UserError(f"{reference}: a hub checkpoint is hf-hub:owner/repo/file.pth (the file's path in the repo)")
+        raise UserError(f"{reference}: a hub {what} is hf-hub:owner/repo/file.pth (the file's path in the repo)")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), local_files_only=local_only)
     except LocalEntryNotFoundError:
         raise UserError(f"{reference}: not in the local Hugging Face cache, and the hub cannot be reached (offline, "
                         f"or HF_HUB_OFFLINE=1); download it once with network access") from None
@@ -106,14 +107,32 @@ def _stage_of(path: str, shown: str):
     raise UserError(f"{shown} holds a {config['name']} model; predict.py takes {names} checkpoints")
 
 
-def _eval_args(stage, **settings):
-    """The flags a task reads when it loads a checkpoint for evaluation: its parser's defaults and ``settings``,
-    nothing typed."""
+def _eval_args(stage, typed=(), **settings):
+    """The flags a task reads when it loads a checkpoint for evaluation: its parser's defaults and ``settings``, of
+    which those in ``typed`` count as typed (they win over the checkpoint's)."""
     from engine.cli import build_parser
 
     parser = build_parser(stage, "")
-    parser.set_defaults(track=stage.name, typed=[], **settings)
+    parser.set_defaults(track=stage.name, typed=sorted(typed), **settings)
     return parser.parse_args([])
+
+
+def _hub_backbones(reference: str, config: dict) -> list[str] | None:
+    """A temporal checkpoint from the hub whose recorded backbone is not on this machine: the file of the same name
+    in the same folder of the same hub repo, from the local cache (nothing is fetched); None where one is missing."""
+    recorded = config["features"].get("backbone") or []
+    recorded = [recorded] if isinstance(recorded, str) else list(recorded)
+    if not reference.startswith(HUB_PREFIX) or not recorded or all(os.path.isfile(name) for name in recorded):
+        return None
+    folder = reference.rsplit("/", 1)[0]
+    found = []
+    for name in recorded:
+        try:
+            found.append(name if os.path.isfile(name) else
+                         resolve_checkpoint(f"{folder}/{os.path.basename(name)}", "backbone", local_only=True))
+        except UserError:
+            return None
+    return found
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -138,12 +157,21 @@ class Predictor:
     settings, each by default ``main_prepare.py``'s (so that both see the same faces): ``detect_batch`` (its
     ``--batch-size``: frames per detector batch), ``detect_every``, ``min_face``, ``min_track``, ``max_gap``,
     ``crop_size``; ``progress``: a tqdm bar per video.
+
+    ``smoothing``: a video's VA and expression probabilities are averaged over neighbouring frames of each track with
+    the windows its training run chose and stored in the checkpoint (``main_mtl.py --smooth-va``, ``--smooth-expr``;
+    :attr:`smoothing_windows`), as ``main_mtl.py --eval`` smooths each video; False: the frames' own outputs.
+    Images and single faces are never smoothed.
+
+    ``backbone``: for a temporal checkpoint, its frame model's checkpoint (a path or ``hf-hub:`` reference, several
+    for fold backbones) instead of the one it records; by default the recorded path, else a file of that name
+    beside the checkpoint, and for a hub checkpoint the file of that name in its hub folder (from the local cache).
     """
 
     def __init__(self, ckpt, device: str = "auto", precision: str = "auto", batch_size: int = 64,
                  detect_batch: int | None = None, detect_every: int | None = None, min_face: int | None = None,
                  min_track: int | None = None, max_gap: int | None = None, crop_size: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, smoothing: bool = True, backbone=None):
         from engine.runtime import choose_attention_kernel, make_autocast, resolve_precision
         from engine.tasks import prepare
 
@@ -174,11 +202,21 @@ class Predictor:
                             + ", ".join(f"{ref} ({s.model_name})" for ref, s in zip(references, stages)))
         if len(self.paths) > 1 and not stage.ensembles:
             raise UserError(f"{stage.prog} checkpoints predict one at a time; give one --ckpt")
-        settings = {}
+        settings, typed = {}, []
         if is_sequence_model(config):  # its backbone runs where, and at the precision, its features were made
             settings = dict(device="cuda" if self.device.type == "cuda" else "cpu",
                             precision=precision_flag(config["features"].get("precision")))
-        self.task = stage(_eval_args(stage, **settings))
+            if backbone is not None:
+                backbones = [backbone] if isinstance(backbone, (str, os.PathLike)) else list(backbone)
+                backbones = [resolve_checkpoint(reference, "backbone") for reference in backbones]
+            else:
+                backbones = _hub_backbones(os.fspath(references[0]), config)
+            if backbones:
+                settings["backbone_ckpt"], typed = backbones, ["backbone_ckpt"]
+        elif backbone is not None:
+            raise UserError(f"a backbone is given for {references[0]}, a frame model ({stage.model_name}) that needs "
+                            f"none; --backbone-ckpt goes with a temporal checkpoint of main_temporal.py")
+        self.task = stage(_eval_args(stage, typed, **settings))
         self.models, self.transforms = [], []
         first_extras = {}
         for index, path in enumerate(self.paths):
@@ -194,11 +232,21 @@ class Predictor:
         self.sequence = None  # a temporal checkpoint: features per face, then the sequence model per track
         if is_sequence_model(config):
             self.sequence = SequencePredictor(self.task, self.models[0], self.device, self.autocast, batch_size)
+        self.smooth = bool(smoothing)
         self._detector = None
 
     @property
     def au_thresholds(self) -> list[float]:
         return list(self.task.au_thresholds)
+
+    @property
+    def smoothing_windows(self) -> dict[str, int]:
+        """The windows (frames; 0: off) over which :meth:`video` averages VA and the expression probabilities of
+        each track: the checkpoint's (an ensemble's first member's), or none with ``smoothing=False``."""
+        from engine.tasks.mtl import NO_SMOOTHING
+
+        windows = (self.task.smoothing or NO_SMOOTHING) if self.smooth else NO_SMOOTHING
+        return {what: int(window) for what, window in windows.items()}
 
     @property
     def detector(self):
@@ -293,7 +341,10 @@ class Predictor:
 
     def video(self, path: str) -> pd.DataFrame:
         """One row per decoded frame and kept face, in frame order and then by track (module text). Streams: the
-        frames are decoded, detected and dropped as they go. An unreadable file raises
+        frames are decoded, detected and dropped as they go, and what is kept per frame and face is packed numbers
+        (the frame's number and time; each face's frame, provisional track, score, box and output row). With
+        ``smoothing`` (the default), VA and the expression probabilities are averaged per track over the frame
+        numbers with the checkpoint's windows (:attr:`smoothing_windows`). An unreadable file raises
         :class:`datasets.media.video.MediaError` naming it."""
         path = os.fspath(path)
         info = probe(path)
@@ -302,8 +353,8 @@ class Predictor:
                           join_gap=max(1, int(round(3 * (info.fps or 25)))))
         # the full search on every detect_every-th frame, only around its faces in between (as main_prepare.py)
         pipeline = FacePipeline(self.detector, self.detect_batch, tracker, self.detect_every)
-        frame_numbers, frame_times = [], []
-        faces = {"frame": [], "provisional": [], "score": [], "box": []}
+        frame_numbers, frame_times = array("q"), array("d")  # 16 bytes a frame, not two Python objects
+        face_frames, provisional, scores, boxes = array("q"), array("q"), array("d"), array("d")
         pending, outputs = [], []
         bar = _progress_bar(path, self.progress)
         try:
@@ -311,10 +362,10 @@ class Predictor:
                 frame_numbers.append(frame.index)
                 frame_times.append(frame.time)
                 for face in found:
-                    faces["frame"].append(frame.index)
-                    faces["provisional"].append(face.track)
-                    faces["score"].append(face.score)
-                    faces["box"].append(face.box)
+                    face_frames.append(frame.index)
+                    provisional.append(face.track)
+                    scores.append(float(face.score))
+                    boxes.extend(float(value) for value in face.box)
                     pending.append(align(frame.image, face.landmarks, self.crop_size))
                     if len(pending) == self.batch_size:
                         outputs.append(self._per_face(np.stack(pending)))
@@ -328,23 +379,33 @@ class Predictor:
                 bar.close()
         person, order, _ = tracker.finish()
         number = {ident: k + 1 for k, ident in enumerate(order)}
-        track = np.array([number.get(person.get(t, -1), 0) for t in faces["provisional"]], np.int64)
+        ident = np.frombuffer(provisional, np.int64)
+        track = np.zeros(len(ident), np.int64)
+        for provisional_id in np.unique(ident):  # per provisional track, not per face
+            track[ident == provisional_id] = number.get(person.get(int(provisional_id), -1), 0)
         kept = track > 0
-        times = dict(zip(frame_numbers, frame_times))
-        face_frames = np.asarray(faces["frame"], np.int64)[kept]
+        frame_numbers, frame_times = np.frombuffer(frame_numbers, np.int64), np.frombuffer(frame_times, np.float64)
+        face_frames = np.frombuffer(face_frames, np.int64)[kept]
+        face_times = frame_times[np.searchsorted(frame_numbers, face_frames)]  # frame numbers ascend
         values = np.concatenate(outputs)[kept] if outputs else np.zeros((0, 0), np.float32)
+        del outputs
         if self.sequence is not None:  # the faces' features -> each track's sequence -> per-face outputs
-            outputs = self.sequence.outputs(path, values, track[kept], face_frames, times)
+            outputs = self.sequence.outputs(path, values, track[kept], face_frames, face_times)
         else:
             outputs = values.reshape(len(values), -1) if len(values) else np.zeros((0, abaw.OUTPUT_WIDTH), np.float32)
-        boxes = np.asarray(faces["box"], np.float64).reshape(-1, 4)[kept]
-        with_faces = pd.DataFrame({"frame": face_frames, "time": [times[f] for f in face_frames],
-                                   "track": track[kept], "score": np.asarray(faces["score"], np.float64)[kept],
+        del values
+        if self.smooth:  # per track over its frame numbers, as main_mtl.py --eval smooths each video
+            outputs = self.task.smooth_outputs(outputs, track[kept], face_frames)
+        boxes = np.frombuffer(boxes, np.float64).reshape(-1, 4)[kept]
+        with_faces = pd.DataFrame({"frame": face_frames, "time": face_times, "track": track[kept],
+                                   "score": np.frombuffer(scores, np.float64)[kept],
                                    **{name: boxes[:, k] for k, name in enumerate(BOX_COLUMNS)},
                                    **self.decode(outputs)})
-        empty = sorted(set(frame_numbers) - set(face_frames.tolist()))
-        without = pd.DataFrame({"frame": np.asarray(empty, np.int64), "time": [times[f] for f in empty]})
+        del outputs, boxes
+        empty = ~np.isin(frame_numbers, face_frames)
+        without = pd.DataFrame({"frame": frame_numbers[empty], "time": frame_times[empty]})
         table = pd.concat([with_faces, without], ignore_index=True) if len(without) else with_faces
+        del with_faces, without
         table = table.sort_values(["frame", "track"], kind="stable", na_position="first").reset_index(drop=True)
         return _typed(table, VIDEO_COLUMNS)
 

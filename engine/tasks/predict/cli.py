@@ -34,11 +34,19 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="checkpoint(s) of main_mtl.py, or one of main_temporal.py (videos only): a file, or "
                              "hf-hub:owner/repo/file.pth (the Hugging Face cache; HF_HUB_OFFLINE=1 never goes "
                              "online); several: an ensemble, averaged as main_mtl.py --eval --ckpt A B")
+    parser.add_argument("--backbone-ckpt", nargs="+", metavar="CKPT",
+                        help="with a temporal checkpoint: its frame model (a file or hf-hub: reference) instead of the "
+                             "one it records (default: the recorded path, else a file of that name beside the "
+                             "checkpoint, or in its hub folder)")
     parser.add_argument("--output-dir", required=True, metavar="OUT", help="where the files are written")
     parser.add_argument("--annotate", action="store_true",
                         help="also write OUT/<video>_annotated.mp4: boxes, tracks, expression and a VA gauge on every "
                              "frame, with the source's timing and sound")
     parser.add_argument("--no-timeline", action="store_true", help="do not draw OUT/<video>_timeline.png")
+    parser.add_argument("--no-smoothing", action="store_true",
+                        help="each frame's own outputs: no averaging of a track's VA and expression probabilities "
+                             "over neighbouring frames with the windows stored in the checkpoint (main_mtl.py "
+                             "--smooth-va, --smooth-expr)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                         help="the models' precision (default auto: bf16 where the device computes it natively)")
@@ -115,7 +123,12 @@ def run(args) -> list[str]:
     with OutputDirLock(args.output_dir, "predict.py"):
         predictor = Predictor(args.ckpt, device=args.device, precision=args.precision, batch_size=args.batch_size,
                               detect_batch=args.detect_batch, detect_every=args.detect_every, min_face=args.min_face,
-                              min_track=args.min_track, progress=not args.no_progress)
+                              min_track=args.min_track, progress=not args.no_progress,
+                              smoothing=not args.no_smoothing, backbone=args.backbone_ckpt)
+        windows = predictor.smoothing_windows
+        if any(windows.values()):
+            tqdm.write(f"videos smoothed per track with the checkpoint's windows: VA {windows['va']}, expression "
+                       f"{windows['expr']} frames (--no-smoothing: each frame's own)")
         done = []
         for name, path in tqdm(videos, desc="videos", unit="video", disable=args.no_progress or len(videos) < 2,
                                dynamic_ncols=True):

@@ -68,15 +68,16 @@ class SequencePredictor:
             return self.extraction.predict(self.frame_model, self.transform(batch)).float().cpu().numpy()
 
     def outputs(self, path: str, features: np.ndarray, tracks: np.ndarray, frames: np.ndarray,
-                frame_times: dict) -> np.ndarray:
-        """Per-face output rows from the faces' features, tracks and frame numbers (rows in any order)."""
+                times: np.ndarray) -> np.ndarray:
+        """Per-face output rows from the faces' features, tracks, frame numbers and frame times (s) (rows in any
+        order)."""
         from datasets.temporal import WindowSet, collate_windows
         from engine.evaluate import eval_loader, predict
 
         if len(features) == 0:
             return np.zeros((0, self.task.output_width // self.task.window), np.float32)
         images = [f"{track}/{frame:05d}.jpg" for track, frame in zip(tracks, frames)]
-        sound = self._sound(path, np.array([frame_times[f] for f in frames], np.float64))
+        sound = self._sound(path, np.asarray(times, np.float64))
         centre = self.columns.get("vit") if self.task.video_norm == "mean" else None
         windows = WindowSet(features, images, self.task.window, self.task.stride, None, centre, **sound)
         loader = eval_loader(windows, self.batch_size, 0, self.device, collate_windows)
