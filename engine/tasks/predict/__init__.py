@@ -379,10 +379,8 @@ class Predictor:
                 bar.close()
         person, order, _ = tracker.finish()
         number = {ident: k + 1 for k, ident in enumerate(order)}
-        ident = np.frombuffer(provisional, np.int64)
-        track = np.zeros(len(ident), np.int64)
-        for provisional_id in np.unique(ident):  # per provisional track, not per face
-            track[ident == provisional_id] = number.get(person.get(int(provisional_id), -1), 0)
+        idents, face_ident = np.unique(np.frombuffer(provisional, np.int64), return_inverse=True)
+        track = np.array([number.get(person.get(int(ident), -1), 0) for ident in idents], np.int64)[face_ident]
         kept = track > 0
         frame_numbers, frame_times = np.frombuffer(frame_numbers, np.int64), np.frombuffer(frame_times, np.float64)
         face_frames = np.frombuffer(face_frames, np.int64)[kept]
