@@ -13,6 +13,13 @@ from the Hugging Face hub (its local cache; nothing is downloaded with HF_HUB_OF
     python predict.py videos/ photos/ --annotate --ckpt A.pth B.pth --output-dir predictions
     python predict.py interview.mp4 --ckpt hf-hub:owner/repo/best_mtl.pth --output-dir predictions
 
+The checkpoint brings the model, its input size, its AU thresholds and the smoothing windows its training run used
+(main_mtl.py --smooth-va, --smooth-expr): each track's VA and expression probabilities are averaged over neighbouring
+frames as main_mtl.py --eval does (--no-smoothing: each frame's own outputs). A temporal checkpoint reads its frame
+model at the path it records, else a file of that name beside it (or in its hub folder), else --backbone-ckpt:
+
+    python predict.py interview.mp4 --ckpt temporal.pth --backbone-ckpt emma.pth --output-dir predictions
+
 The same from Python (docs/predict.md):
 
     from engine.tasks.predict import Predictor

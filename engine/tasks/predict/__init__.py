@@ -19,10 +19,11 @@ numbered 1, 2, ... (left to right for two people, else by first appearance).
 Checkpoints: EMMA checkpoints of ``main_mtl.py`` (the MTL track or the per-video tracks) and temporal ones of
 ``main_temporal.py`` (``engine.tasks.predict.temporal``: videos only), as a local path or a Hugging Face hub reference
 ``hf-hub:owner/repo/path/file.pth`` (fetched by ``huggingface_hub``, read from its cache when offline:
-``HF_HUB_OFFLINE=1``); loading is ``weights_only``. The model, its input size and its AU thresholds come from the
-checkpoint. Several EMMA checkpoints are an ensemble, averaged as ``main_mtl.py --eval --ckpt A B`` does
-(``engine.report.average``: the task's ensemble space, probabilities and clipped VA), with the first member's AU
-thresholds.
+``HF_HUB_OFFLINE=1``); loading is ``weights_only``. The model, its input size, its AU thresholds and the smoothing
+windows its training run chose (``MTLTask.inference_settings``) come from the checkpoint: a video's tracks are
+smoothed over their frame numbers as ``main_mtl.py --eval`` smooths each video (``MTLTask.smooth_outputs``). Several
+EMMA checkpoints are an ensemble, averaged as ``main_mtl.py --eval --ckpt A B`` does (``engine.report.average``: the
+task's ensemble space, probabilities and clipped VA), with the first member's AU thresholds and windows.
 
 The columns (docs/predict.md): ``frame`` (1-based decoding order), ``time`` (s from the first frame), ``track``,
 ``score`` (the detector's), ``x1, y1, x2, y2`` (the box in the upright frame's pixels), ``valence``, ``arousal``,
