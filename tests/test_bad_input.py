@@ -27,6 +27,24 @@ def one_line_error(result, *needles):
     return last
 
 
+def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """Until every thread of ``pid`` is stopped (state T in /proc): SIGSTOP takes effect when a thread next leaves the
+    kernel, so a write in progress may still land after ``kill`` returns."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                    states.append(handle.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue
+        if states and all(state in "tT" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
 def snapshot(folder) -> dict:
     """Every file under ``folder``: its content hash and modification time."""
     files = {}
@@ -93,6 +111,7 @@ def test_a_second_run_into_a_busy_output_dir_is_refused_and_a_killed_run_resumes
             time.sleep(0.05)
         os.kill(first.pid, signal.SIGSTOP)  # run A holds the folder, in the middle of its run
         assert first.poll() is None, "run A ended before the second run could start"
+        wait_stopped(first.pid)  # a write under way when the signal came has ended before the snapshot
         before = snapshot(tmp_path)
         second = run_entry("main_mtl.py", *flags, "--output-dir", tmp_path, "--resume", "none", "--blr", "0.01",
                            check=False)
