@@ -302,6 +302,9 @@ class PretrainTask:
     def checkpoint_extras(self) -> dict:
         return {}
 
+    def inference_settings(self) -> dict:  # nothing is decided after training
+        return {}
+
     def ensemble_space(self, outputs):  # never averaged (ensembles is False): the interface's identity
         return np.asarray(outputs, dtype=np.float64)
 
