@@ -254,7 +254,7 @@ def store_inference_settings(task, path: str) -> None:
     """Rank 0, after training: the settings that wrote the run's files (``Task.inference_settings``: e.g. tuned AU
     thresholds, smoothing windows) into its own best checkpoint, rewritten atomically, so that ``--eval`` and
     ``predict.py`` apply them again. Only a checkpoint this run wrote is ever rewritten."""
-    settings = task.inference_settings() if hasattr(task, "inference_settings") else {}
+    settings = task.inference_settings()
     if not settings:
         return
     content = load_checkpoint(path)

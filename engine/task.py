@@ -164,10 +164,10 @@ class Task(Protocol):
         """Plain values a checkpoint carries for evaluation besides the weights (e.g. AU thresholds)."""
 
     def inference_settings(self) -> dict:
-        """Optional (absent, or ``{}``: nothing). Rank 0, after training has written its files with the best
-        checkpoint: the plain values that wrote them and that evaluating or predicting with that checkpoint should
-        apply again (MTL: ``au_thresholds`` tuned on validation, ``smoothing`` windows). The runner writes them into
-        the run's own ``best_<main>.pth`` (atomically); a checkpoint given to ``--eval`` is never rewritten."""
+        """Rank 0, after training has written its files with the best checkpoint: the plain values that wrote them
+        and that evaluating or predicting with that checkpoint should apply again (MTL: ``au_thresholds`` tuned on
+        validation, ``smoothing`` windows; ``{}``: nothing). The runner writes them into the run's own
+        ``best_<main>.pth`` (atomically); a checkpoint given to ``--eval`` is never rewritten."""
 
     # ---- ensembles: ``--eval --ckpt A B ...`` averages the members' outputs before post-processing
     ensembles: ClassVar[bool]  # whether --eval takes several --ckpt files (False: one)
