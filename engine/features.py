@@ -48,6 +48,19 @@ def list_sha256(images) -> str:
     return hashlib.sha256("\n".join(str(image) for image in images).encode()).hexdigest()
 
 
+def find_backbone(recorded: str, checkpoint_path: str) -> str | None:
+    """The frozen backbone of a checkpoint trained on its features (temporal, video-level): at the path recorded in
+    it, else a file of the same name in the checkpoint's own folder (a checkpoint and its backbone handed on
+    together), else None."""
+    if os.path.isfile(recorded):
+        return recorded
+    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), os.path.basename(recorded))
+    if os.path.isfile(beside) and not os.path.samefile(beside, checkpoint_path):
+        log(f"the backbone {recorded} is not there; reading {beside}, beside {checkpoint_path}")
+        return beside
+    return None
+
+
 class Backbone:
     """A frozen backbone checkpoint: its model, the parts it offers, and the key of its features."""
 

@@ -255,3 +255,29 @@ def test_ah_per_frame_writes_every_frame_of_the_example_in_its_order(ah_data, em
     assert frames == reference and set(labels.tolist()) <= {0, 1}
     val = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
     assert 0.0 <= val["f1_macro"] <= 1.0
+
+
+def test_eval_finds_the_backbone_beside_a_checkpoint_handed_on_without_its_recorded_path(emi_run, emi_data,
+                                                                                        emi_backbone, tmp_path,
+                                                                                        capsys):
+    import shutil
+
+    track = get_track("emi")
+    content = torch.load(emi_run / "checkpoints" / "last.pth", weights_only=True)
+    recorded = content["model_config"]["inputs"]["backbone"]["backbone"]
+    assert recorded == str(emi_backbone)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    # as received elsewhere: the recorded folder does not exist there
+    content["model_config"]["inputs"]["backbone"]["backbone"] = str(tmp_path / "gone" / emi_backbone.name)
+    torch.save(content, moved / "video.pth")
+    common = ["main_video.py", "--track", "emi", "--eval", "--data-dir", emi_data, "--device", "cpu", "--precision",
+              "fp32", "--num-workers", "0", "--extract-batch-size", "16"]
+    missing = run_main(capsys, *common, "--ckpt", moved / "video.pth", "--output-dir", tmp_path / "a", check=False)
+    assert missing.returncode == 2 and "neither there nor beside it" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    shutil.copy(emi_backbone, moved / emi_backbone.name)
+    run_main(capsys, *common, "--ckpt", moved / "video.pth", "--output-dir", tmp_path / "b")
+    run_main(capsys, *common, "--ckpt", emi_run / "checkpoints" / "last.pth", "--output-dir", tmp_path / "c")
+    assert (tmp_path / "b" / track.submission_file).read_bytes() == \
+        (tmp_path / "c" / track.submission_file).read_bytes()

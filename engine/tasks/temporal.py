@@ -405,7 +405,7 @@ class TemporalTask(MTLTask):
         elif "backbone_ckpt" not in typed:  # where it was recorded, else a file of its name beside the checkpoint
             recorded = trained_on.get("backbone") or []
             recorded = [recorded] if isinstance(recorded, str) else list(recorded)
-            found = [find_backbone(name, path) for name in recorded]
+            found = [feature_store.find_backbone(name, path) for name in recorded]
             absent = [name for name, there in zip(recorded, found) if there is None]
             if absent or not recorded:
                 raise UserError(f"{path} was trained on the features of {', '.join(absent) or 'an unnamed backbone'}, "
@@ -518,18 +518,6 @@ class NoFrameFeatures:
         import numpy as np
 
         return feature_store.SplitFeatures(np.zeros((len(images), 0), np.float32), np.ones(len(images), bool), {})
-
-
-def find_backbone(recorded: str, checkpoint_path: str) -> str | None:
-    """A temporal checkpoint's backbone: at the path recorded in it, else a file of the same name in the checkpoint's
-    own folder (a checkpoint and its backbone handed on together), else None."""
-    if os.path.isfile(recorded):
-        return recorded
-    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), os.path.basename(recorded))
-    if os.path.isfile(beside) and not os.path.samefile(beside, checkpoint_path):
-        log(f"the backbone {recorded} is not there; reading {beside}, beside {checkpoint_path}")
-        return beside
-    return None
 
 
 def _identity(inputs):

@@ -436,11 +436,13 @@ class VideoTask:
             raise UserError(f"{path} was trained on the {inputs.get('track')} track, not --track {self.track.name}")
         typed = set(self.args.typed)
         backbone = inputs.get("backbone")
-        if "backbone_ckpt" not in typed:
-            self.backbone_path = backbone["backbone"] if backbone else None
-            if self.backbone_path and not os.path.isfile(self.backbone_path):
-                raise UserError(f"{path} was trained on the features of {self.backbone_path}, which is not there; "
-                                f"pass --backbone-ckpt")
+        if "backbone_ckpt" not in typed:  # where it was recorded, else a file of its name beside the checkpoint
+            recorded = backbone["backbone"] if backbone else None
+            self.backbone_path = recorded and feature_store.find_backbone(recorded, path)
+            if recorded and self.backbone_path is None:
+                raise UserError(f"{path} was trained on the features of {recorded}, which is neither there nor "
+                                f"beside it (in {os.path.dirname(os.path.abspath(path))}); put it there or pass "
+                                f"--backbone-ckpt")
         if backbone and "features" not in typed:
             self.parts = ",".join(backbone["parts"])
         audio = inputs.get("audio")
